@@ -1,0 +1,44 @@
+"""Byte access to a device-dax device (the node's view of a CXL multi-headed device)."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+
+# device-dax only maps whole, aligned units (2 MiB by default) with MAP_SHARED.
+ALIGN = 2 << 20
+
+
+def device_size(path: str) -> int:
+    dev = Path(os.path.realpath(path)).name
+    return int(Path(f"/sys/bus/dax/devices/{dev}/size").read_text())
+
+
+def _window(path: str, offset: int, length: int) -> tuple[int, int, int]:
+    size = device_size(path)
+    if offset < 0 or length < 0 or offset + length > size:
+        raise ValueError(f"range {offset}+{length} is outside {path} ({size} bytes)")
+    start = offset - offset % ALIGN
+    end = -(-(offset + length) // ALIGN) * ALIGN
+    return start, end - start, offset - start
+
+
+def write(path: str, offset: int, data: bytes) -> None:
+    start, span, skip = _window(path, offset, len(data))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        with mmap.mmap(fd, span, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=start) as m:
+            m[skip : skip + len(data)] = data
+    finally:
+        os.close(fd)
+
+
+def read(path: str, offset: int, length: int) -> bytes:
+    start, span, skip = _window(path, offset, length)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with mmap.mmap(fd, span, mmap.MAP_SHARED, mmap.PROT_READ, offset=start) as m:
+            return bytes(m[skip : skip + length])
+    finally:
+        os.close(fd)

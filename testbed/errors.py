@@ -1,0 +1,42 @@
+"""Typed errors. UserError means bad input: one line, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+
+class TestbedError(Exception):
+    """Base of every error the toolkit raises on purpose."""
+
+    exit_code = 1
+
+
+class UserError(TestbedError):
+    """Bad input (file, argument, missing tool): the message says what and how to fix it."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """An invalid topology or scenario file; carries file, line and field."""
+
+    def __init__(self, path: str, line: int | None, field: str, message: str) -> None:
+        self.path = path
+        self.line = line
+        self.field = field
+        self.message = message
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
+
+
+class CommandError(TestbedError):
+    """A host command failed; carries its argv, exit code and the tail of its output."""
+
+    def __init__(self, argv: list[str], returncode: int, output: str) -> None:
+        self.argv = argv
+        self.returncode = returncode
+        self.output = output
+        tail = "\n".join(output.strip().splitlines()[-15:])
+        super().__init__(f"command failed ({returncode}): {' '.join(argv)}\n{tail}")
+
+
+class NodeError(TestbedError):
+    """A command on a node (guest) failed or the node could not be reached."""

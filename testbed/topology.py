@@ -1,0 +1,269 @@
+"""Topology files: YAML to frozen dataclasses, validated before anything is created."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from testbed import paths
+from testbed.yamlfile import Document, KeyPath, Size, convert, from_mapping, load_document
+
+MiB = 1 << 20
+GiB = 1 << 30
+CXL_GRANULE = 256 * MiB
+# Names end up in libvirt XML, file names and bridge names: keep them boring.
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
+NODE_RE = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
+# Host memory QEMU itself needs per TCG guest beyond guest RAM (translation cache, overhead).
+QEMU_OVERHEAD = 384 * MiB
+MAX_MHDS_PER_NODE = 4
+
+
+class Accel(StrEnum):
+    AUTO = "auto"
+    TCG = "tcg"
+    KVM = "kvm"
+
+
+class KernelKind(StrEnum):
+    DEBIAN = "debian"
+    MM_TEMPLATE = "mm-template"
+
+
+class Backing(StrEnum):
+    SHM = "shm"
+    HUGETLBFS = "hugetlbfs"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    vcpus: int = 1
+    memory: Size = Size(1 * GiB)
+
+
+@dataclass(frozen=True)
+class NodeGroup:
+    """`nodes: {count: N, ...}` shorthand: N identical nodes named PREFIX0..PREFIXN-1."""
+
+    count: int
+    prefix: str = "node"
+    vcpus: int = 1
+    memory: Size = Size(1 * GiB)
+
+
+@dataclass(frozen=True)
+class MhdSpec:
+    name: str
+    size: Size
+    heads: tuple[str, ...] | None = None  # None: every node
+    backing: Backing = Backing.SHM
+    hugetlbfs: str = "/dev/hugepages"
+    window: Size = Size(4 * GiB)
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The isolated host-only network between nodes; nothing is routed off the machine."""
+
+    subnet: str = "10.213.0.0/24"
+
+
+@dataclass(frozen=True)
+class RawTopology:
+    name: str
+    nodes: Any
+    mhds: tuple[MhdSpec, ...] = ()
+    image: str = "bookworm"
+    kernel: KernelKind = KernelKind.DEBIAN
+    accelerator: Accel = Accel.AUTO
+    network: NetworkSpec = NetworkSpec()
+
+
+@dataclass(frozen=True)
+class Mhd:
+    name: str
+    index: int
+    size: int
+    heads: tuple[str, ...]
+    backing: Backing
+    hugetlbfs: str
+    window: int
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    index: int
+    vcpus: int
+    memory: int
+    address: str  # on the isolated network, with prefix length
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str
+    source: str
+    nodes: tuple[Node, ...]
+    mhds: tuple[Mhd, ...]
+    image: str
+    kernel: KernelKind
+    accelerator: Accel
+    subnet: str
+    text: str = field(default="", repr=False, compare=False)
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def mhds_of(self, node: str) -> tuple[Mhd, ...]:
+        return tuple(m for m in self.mhds if node in m.heads)
+
+    def required_memory(self) -> int:
+        return sum(n.memory + QEMU_OVERHEAD for n in self.nodes) + sum(
+            m.size for m in self.mhds if m.backing is Backing.SHM
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"text": None}
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the host can give; injected so validation is testable without the real host."""
+
+    mem_available: int
+    cpus: int
+    hugepages_free: int = 0  # bytes
+
+
+def host_facts() -> HostFacts:
+    import os
+
+    info: dict[str, int] = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        info[key] = int(rest.split()[0]) * 1024 if rest.split() else 0
+    hp = info.get("HugePages_Free", 0) // 1024 * info.get("Hugepagesize", 0)
+    return HostFacts(info.get("MemAvailable", 0), os.cpu_count() or 1, hp)
+
+
+def _nodes(doc: Document, raw: Any) -> list[tuple[NodeSpec, KeyPath]]:
+    kp: KeyPath = ("nodes",)
+    if isinstance(raw, bool) or raw is None:
+        raise doc.error(kp, "expected a count, a mapping with count, or a list of nodes")
+    if isinstance(raw, int):
+        raw = {"count": raw}
+    if isinstance(raw, dict):
+        group = from_mapping(doc, NodeGroup, raw, kp)
+        if not 1 <= group.count <= 16:
+            raise doc.error((*kp, "count"), f"must be between 1 and 16, got {group.count}")
+        if not NODE_RE.match(group.prefix):
+            raise doc.error((*kp, "prefix"), f"unsafe name {group.prefix!r}: use [a-z][a-z0-9-]*")
+        spec = [(NodeSpec(f"{group.prefix}{i}", group.vcpus, group.memory), kp) for i in range(group.count)]
+        return spec
+    if isinstance(raw, list):
+        if not raw:
+            raise doc.error(kp, "needs at least one node")
+        return [(from_mapping(doc, NodeSpec, item, (*kp, i)), (*kp, i)) for i, item in enumerate(raw)]
+    raise doc.error(kp, f"expected a count, a mapping with count, or a list, got {type(raw).__name__}")
+
+
+def parse(doc: Document, host: HostFacts | None = None) -> Topology:
+    raw: RawTopology = from_mapping(doc, RawTopology, doc.data, ())
+    if not NAME_RE.match(raw.name):
+        raise doc.error(("name",), f"unsafe name {raw.name!r}: use 1-20 of [a-z0-9-], starting with a letter")
+    if not (paths.REPO / "images" / raw.image / "packages.txt").exists():
+        raise doc.error(("image",), f"unknown image {raw.image!r}: no images/{raw.image}/packages.txt")
+    try:
+        net = ipaddress.ip_network(raw.network.subnet)
+    except ValueError:
+        raise doc.error(("network", "subnet"), f"not an IP network: {raw.network.subnet!r}") from None
+    if not (isinstance(net, ipaddress.IPv4Network) and net.is_private and net.prefixlen <= 28):
+        raise doc.error(("network", "subnet"), "must be a private IPv4 network of /28 or larger")
+
+    nodes: list[Node] = []
+    seen: dict[str, KeyPath] = {}
+    hosts = list(net.hosts())
+    for i, (spec, kp) in enumerate(_nodes(doc, doc.data.get("nodes"))):
+        name_kp = (*kp, "name") if isinstance(kp[-1], int) else kp
+        if not NODE_RE.match(spec.name):
+            raise doc.error(name_kp, f"unsafe node name {spec.name!r}: use 1-16 of [a-z0-9-], starting with a letter")
+        if spec.name in seen:
+            raise doc.error(name_kp, f"duplicate node name {spec.name!r}")
+        seen[spec.name] = kp
+        if not 1 <= spec.vcpus <= 64:
+            raise doc.error((*kp, "vcpus"), f"must be between 1 and 64, got {spec.vcpus}")
+        if spec.memory < 512 * MiB or spec.memory % (64 * MiB):
+            raise doc.error((*kp, "memory"), f"must be a multiple of 64MiB and at least 512MiB, got {spec.memory.human()}")
+        if 9 + i >= len(hosts):
+            raise doc.error(("network", "subnet"), f"too small for {i + 1} nodes")
+        nodes.append(Node(spec.name, i, spec.vcpus, int(spec.memory), f"{hosts[9 + i]}/{net.prefixlen}"))
+
+    mhds: list[Mhd] = []
+    mhd_names: set[str] = set()
+    per_node: dict[str, int] = {}
+    for i, m in enumerate(raw.mhds):
+        kp = ("mhds", i)
+        if not NODE_RE.match(m.name):
+            raise doc.error((*kp, "name"), f"unsafe name {m.name!r}: use 1-16 of [a-z0-9-], starting with a letter")
+        if m.name in mhd_names:
+            raise doc.error((*kp, "name"), f"duplicate MHD name {m.name!r}")
+        mhd_names.add(m.name)
+        if m.size <= 0 or m.size % CXL_GRANULE:
+            raise doc.error((*kp, "size"), f"must be a non-zero multiple of 256MiB, got {Size(m.size).human()}")
+        if m.window % CXL_GRANULE or m.window < m.size:
+            raise doc.error((*kp, "window"), f"must be a multiple of 256MiB and at least the size ({Size(m.size).human()})")
+        heads = m.heads if m.heads is not None else tuple(n.name for n in nodes)
+        if not heads:
+            raise doc.error((*kp, "heads"), "needs at least one head")
+        for j, head in enumerate(heads):
+            if head not in seen:
+                raise doc.error((*kp, "heads", j), f"unknown node {head!r} (nodes: {', '.join(seen)})")
+            if heads.index(head) != j:
+                raise doc.error((*kp, "heads", j), f"node {head!r} listed twice")
+            per_node[head] = per_node.get(head, 0) + 1
+            if per_node[head] > MAX_MHDS_PER_NODE:
+                raise doc.error((*kp, "heads", j), f"node {head!r} is a head of more than {MAX_MHDS_PER_NODE} MHDs")
+        if m.backing is Backing.HUGETLBFS and not m.hugetlbfs.startswith("/"):
+            raise doc.error((*kp, "hugetlbfs"), "must be an absolute path to a hugetlbfs mount")
+        mhds.append(Mhd(m.name, i, int(m.size), tuple(heads), m.backing, m.hugetlbfs, int(m.window)))
+
+    topo = Topology(raw.name, doc.path, tuple(nodes), tuple(mhds), raw.image, raw.kernel,
+                    raw.accelerator, str(net))
+    if host is not None:
+        check_host(doc, topo, host)
+    return topo
+
+
+def check_host(doc: Document, topo: Topology, host: HostFacts) -> None:
+    need = topo.required_memory()
+    if need > host.mem_available:
+        raise doc.error(("nodes",), f"needs {need / GiB:.1f} GiB of host memory (nodes, QEMU overhead, shm MHDs) "
+                        f"but only {host.mem_available / GiB:.1f} GiB is available")
+    huge = sum(m.size for m in topo.mhds if m.backing is Backing.HUGETLBFS)
+    if huge > host.hugepages_free:
+        raise doc.error(("mhds",), f"hugetlbfs MHDs need {huge / GiB:.1f} GiB of free huge pages, "
+                        f"host has {host.hugepages_free / GiB:.1f} GiB (set vm.nr_hugepages)")
+    for node in topo.nodes:
+        if node.vcpus > host.cpus * 4:
+            raise doc.error(("nodes",), f"node {node.name} wants {node.vcpus} vCPUs; host has {host.cpus} CPUs")
+
+
+def load(path: Path | str, host: HostFacts | None = None, text: str | None = None) -> Topology:
+    doc = load_document(path, text)
+    if not isinstance(doc.data, dict):
+        raise doc.error((), "expected a mapping at the top level")
+    topo = parse(doc, host)
+    src = text if text is not None else Path(path).read_text(encoding="utf-8")
+    return dataclasses.replace(topo, text=src)
+
+
+__all__ = ["Accel", "Backing", "HostFacts", "KernelKind", "Mhd", "Node", "Topology", "convert", "load"]
