@@ -33,6 +33,7 @@ def building(final: Path) -> Iterator[Path]:
     """Yield a temp dir beside `final`; on success rename it into place, else remove it."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp.chmod(0o755)  # QEMU runs as another user and must read cached kernels and images
     try:
         yield tmp
         if final.exists():

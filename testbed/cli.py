@@ -1,0 +1,348 @@
+"""The `testbed` command line. Verbs are an enum with a dispatch table; the operations are
+injected (main(argv, ops=...)) so unit tests need neither root nor libvirt."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from testbed import __version__
+from testbed.errors import TestbedError, UserError
+from testbed.topology import NAME_RE, NODE_RE
+
+log = logging.getLogger("testbed")
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+
+class Verb(StrEnum):
+    UP = "up"
+    DOWN = "down"
+    STATUS = "status"
+    EXEC = "exec"
+    SSH = "ssh"
+    CONSOLE = "console"
+    DOCTOR = "doctor"
+    DEMO = "demo"
+    IMAGE = "image"
+
+
+def _lazy(module: str, name: str) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(f"testbed.{module}"), name)(*args, **kwargs)
+
+    return call
+
+
+@dataclass
+class Ops:
+    """The side-effecting operations the CLI calls; replaced by fakes in unit tests."""
+
+    load_topology: Callable[..., Any] = field(default_factory=lambda: _lazy("topology", "load"))
+    host_facts: Callable[..., Any] = field(default_factory=lambda: _lazy("topology", "host_facts"))
+    up: Callable[..., Any] = field(default_factory=lambda: _lazy("provision", "up"))
+    down: Callable[..., Any] = field(default_factory=lambda: _lazy("provision", "down"))
+    status: Callable[..., Any] = field(default_factory=lambda: _lazy("status", "all_status"))
+    load_state: Callable[..., Any] = field(default_factory=lambda: _lazy("state", "load"))
+    known: Callable[..., Any] = field(default_factory=lambda: _lazy("state", "known_testbeds"))
+    guest: Callable[..., Any] = field(default_factory=lambda: _lazy("remote", "guest"))
+    endpoint: Callable[..., Any] = field(default_factory=lambda: _lazy("provision", "endpoint"))
+    doctor: Callable[..., Any] = field(default_factory=lambda: _lazy("doctor", "run_checks"))
+    prove_sharing: Callable[..., Any] = field(default_factory=lambda: _lazy("sharing", "prove"))
+    build_image: Callable[..., Any] = field(default_factory=lambda: _lazy("image", "build"))
+    execv: Callable[[str, list[str]], Any] = os.execv
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="testbed", description="QEMU/libvirt testbeds sharing an emulated CXL multi-headed device")
+    p.add_argument("--debug", action="store_true", help="log every host command and show tracebacks")
+    p.add_argument("--version", action="version", version=__version__)
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    up = sub.add_parser(Verb.UP, help="bring a testbed up (idempotent)")
+    up.add_argument("-f", "--file", required=True, type=Path, help="topology YAML")
+    down = sub.add_parser(Verb.DOWN, help="remove every object of a testbed")
+    down.add_argument("name", nargs="?", help="testbed name")
+    down.add_argument("-f", "--file", type=Path, help="topology YAML (instead of a name)")
+    status = sub.add_parser(Verb.STATUS, help="testbeds, nodes, CXL devices")
+    status.add_argument("name", nargs="?")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    ex = sub.add_parser(Verb.EXEC, help="run a command on a node, or on all nodes in parallel")
+    ex.add_argument("-t", "--testbed", help="testbed name (default: the only one up)")
+    ex.add_argument("node", help="node name or 'all'")
+    ex.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    ssh = sub.add_parser(Verb.SSH, help="interactive SSH session on a node")
+    ssh.add_argument("-t", "--testbed")
+    ssh.add_argument("node")
+    con = sub.add_parser(Verb.CONSOLE, help="print a node's serial console log")
+    con.add_argument("-t", "--testbed")
+    con.add_argument("node")
+    con.add_argument("--follow", action="store_true")
+    sub.add_parser(Verb.DOCTOR, help="check the host and say how to fix what is missing")
+    demo = sub.add_parser(Verb.DEMO, help="up, prove cross-head sharing, print a summary, down")
+    demo.add_argument("-f", "--file", type=Path, default=Path("testbeds/two-node.yaml"))
+    demo.add_argument("--keep", action="store_true", help="leave the testbed up")
+    img = sub.add_parser(Verb.IMAGE, help="build the guest image (cached by recipe hash)")
+    img.add_argument("name", nargs="?", default="bookworm")
+    return p
+
+
+def _check_name(name: str, what: str, regex: Any = NAME_RE) -> str:
+    if not regex.match(name):
+        raise UserError(f"invalid {what} name {name!r}: use [a-z][a-z0-9-]*")
+    return name
+
+
+def _testbed(args: argparse.Namespace, ops: Ops) -> str:
+    if getattr(args, "testbed", None):
+        return _check_name(args.testbed, "testbed")
+    from testbed import paths
+
+    known = ops.known(paths.state_root())
+    if len(known) == 1:
+        return str(known[0])
+    if not known:
+        raise UserError("no testbed is up; run `testbed up -f testbeds/two-node.yaml`")
+    raise UserError(f"several testbeds are up ({', '.join(known)}); choose one with -t NAME")
+
+
+def _state(name: str, ops: Ops) -> Any:
+    from testbed import names
+
+    state = ops.load_state(names.Layout(name))
+    if state is None:
+        raise UserError(f"no testbed named {name!r}; see `testbed status`")
+    return state
+
+
+def cmd_up(args: argparse.Namespace, ops: Ops) -> int:
+    topo = ops.load_topology(args.file, ops.host_facts())
+    t0 = time.monotonic()
+    with err.status(f"bringing up {topo.name}") as spinner:
+        def progress(task: str, message: str) -> None:
+            spinner.update(f"[bold]{topo.name}[/]: {task}: {message} ({time.monotonic() - t0:.1f}s)")
+            log.debug("%s: %s", task, message)
+
+        state, created = ops.up(topo, progress)
+    if not created:
+        out.print(f"testbed {topo.name} is already up")
+    else:
+        out.print(f"testbed {topo.name} up in {time.monotonic() - t0:.1f}s ({state.accel}, "
+                  f"{len(state.nodes)} nodes)")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace, ops: Ops) -> int:
+    if args.file:
+        name = ops.load_topology(args.file).name
+    elif args.name:
+        name = _check_name(args.name, "testbed")
+    else:
+        raise UserError("testbed down: give a testbed name or -f TOPOLOGY")
+    t0 = time.monotonic()
+    removed = ops.down(name)
+    out.print(f"testbed {name} down in {time.monotonic() - t0:.1f}s ({len(removed)} objects removed)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, ops: Ops) -> int:
+    from testbed import paths
+
+    names = [_check_name(args.name, "testbed")] if args.name else ops.known(paths.state_root())
+    data = ops.status(names) if names else []
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    if not data:
+        out.print("no testbeds")
+    for tb in data:
+        table = Table(title=f"{tb['testbed']} ({tb['phase']}, {tb['accelerator']}, kernel {tb['kernel'].get('release', '?')})")
+        for col in ("node", "state", "ssh", "address", "MHD", "memdev", "serial", "region", "size", "dax"):
+            table.add_column(col)
+        for n in tb["nodes"]:
+            cxl = n.get("cxl") or [{}]
+            for i, dev in enumerate(cxl):
+                size = dev.get("size")
+                table.add_row(n["name"] if i == 0 else "", n["state"] if i == 0 else "",
+                              f"127.0.0.1:{n['ssh']['port']}" if i == 0 else "", n["address"] if i == 0 else "",
+                              dev.get("mhd", ",".join(n["mhds"])), dev.get("memdev", ""), dev.get("serial", ""),
+                              dev.get("region", ""), f"{int(size, 16) >> 20} MiB" if size else "",
+                              dev.get("path", ""))
+        out.print(table)
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace, ops: Ops) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UserError("testbed exec: no command given; usage: testbed exec NODE|all -- COMMAND")
+    name = _testbed(args, ops)
+    state = _state(name, ops)
+    from testbed import names
+
+    layout = names.Layout(name)
+    if args.node == "all":
+        targets = list(state.nodes)
+    elif args.node in state.nodes:
+        targets = [args.node]
+    else:
+        raise UserError(f"testbed {name} has no node {args.node!r} (nodes: {', '.join(state.nodes)}, all)")
+
+    def one(node: str) -> tuple[str, int, str, str]:
+        with ops.guest(node, ops.endpoint(layout, state.nodes[node])) as g:
+            r = g.run(command, check=False, stream=len(targets) == 1)
+            return node, r.exit_code, r.stdout, r.stderr
+
+    with ThreadPoolExecutor(max_workers=len(targets)) as pool:
+        results = list(pool.map(one, targets))
+    worst = 0
+    for node, code, stdout, stderr in results:
+        if len(targets) > 1:
+            for line in stdout.splitlines():
+                print(f"{node} | {line}")
+            for line in stderr.splitlines():
+                print(f"{node} ! {line}", file=sys.stderr)
+        if code != 0:
+            print(f"testbed: {node}: exit code {code}", file=sys.stderr)
+            worst = max(worst, code)
+    return worst
+
+
+def cmd_ssh(args: argparse.Namespace, ops: Ops) -> int:
+    name = _testbed(args, ops)
+    state = _state(name, ops)
+    _check_name(args.node, "node", NODE_RE)
+    if args.node not in state.nodes:
+        raise UserError(f"testbed {name} has no node {args.node!r} (nodes: {', '.join(state.nodes)})")
+    from testbed import names
+
+    layout = names.Layout(name)
+    argv = ["ssh", "-i", str(layout.client_key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", f"UserKnownHostsFile={layout.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+            "-p", str(state.nodes[args.node].ssh_port), "root@127.0.0.1"]
+    ops.execv("/usr/bin/ssh", argv)
+    return 0
+
+
+def cmd_console(args: argparse.Namespace, ops: Ops) -> int:
+    name = _testbed(args, ops)
+    state = _state(name, ops)
+    if args.node not in state.nodes:
+        raise UserError(f"testbed {name} has no node {args.node!r} (nodes: {', '.join(state.nodes)})")
+    from testbed import names
+
+    path = names.Layout(name).console(args.node)
+    if not path.exists():
+        raise UserError(f"{path}: no console log yet")
+    with open(path, errors="replace") as fh:
+        sys.stdout.write(fh.read())
+        while args.follow:
+            chunk = fh.read()
+            if chunk:
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+            else:
+                time.sleep(0.5)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace, ops: Ops) -> int:
+    checks = ops.doctor()
+    for c in checks:
+        mark = "[green]ok[/]  " if c.ok else "[red]FAIL[/]"
+        out.print(f"{mark} {c.name:10} {c.detail}")
+        if not c.ok and c.fix:
+            out.print(f"       fix: {c.fix}")
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def cmd_demo(args: argparse.Namespace, ops: Ops) -> int:
+    topo = ops.load_topology(args.file, ops.host_facts())
+    t0 = time.monotonic()
+    with err.status(f"bringing up {topo.name}") as spinner:
+        state, _ = ops.up(topo, lambda task, msg: spinner.update(f"{topo.name}: {task}: {msg}"))
+    t_up = time.monotonic() - t0
+    try:
+        results = ops.prove_sharing(topo, state)
+        table = Table(title=f"cxl-testbed demo: {topo.name} ({state.accel}, kernel {state.kernel['release']})")
+        for col in ("MHD", "writer", "offset", "token", "read back by", "host file", "shared"):
+            table.add_column(col)
+        for r in results:
+            table.add_row(r.mhd, r.writer, hex(r.offset), r.token,
+                          ", ".join(f"{n}{'=' if v == r.token else '!='}" for n, v in r.readers.items()),
+                          "match" if r.host_file == r.token else f"MISMATCH {r.host_file}", "yes" if r.ok else "NO")
+        out.print(table)
+        out.print(f"up: {t_up:.1f}s; node ready times: " +
+                  ", ".join(f"{k.split('.', 1)[1]} {v:.1f}s" for k, v in state.timings.items() if k.startswith("ready.")))
+        ok = all(r.ok for r in results)
+    finally:
+        if not args.keep:
+            t1 = time.monotonic()
+            ops.down(topo.name)
+            out.print(f"down: {time.monotonic() - t1:.1f}s")
+    if not ok:
+        print("testbed: demo: the heads do not see the same bytes", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def cmd_image(args: argparse.Namespace, ops: Ops) -> int:
+    _check_name(args.name, "image")
+    with err.status(f"building image {args.name}"):
+        img = ops.build_image(args.name)
+    out.print(f"image {img.name}: {img.path}")
+    return 0
+
+
+DISPATCH: dict[Verb, Callable[[argparse.Namespace, Ops], int]] = {
+    Verb.UP: cmd_up, Verb.DOWN: cmd_down, Verb.STATUS: cmd_status, Verb.EXEC: cmd_exec,
+    Verb.SSH: cmd_ssh, Verb.CONSOLE: cmd_console, Verb.DOCTOR: cmd_doctor, Verb.DEMO: cmd_demo,
+    Verb.IMAGE: cmd_image,
+}
+
+
+def _sigterm(_signo: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None, ops: Ops | None = None) -> int:
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(message)s", stream=sys.stderr)
+    if not args.debug:
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return DISPATCH[Verb(args.verb)](args, ops or Ops())
+    except KeyboardInterrupt:
+        print("testbed: interrupted; everything created was rolled back", file=sys.stderr)
+        return 130
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"testbed: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except TestbedError as exc:
+        if args.debug:
+            raise
+        first, _, rest = str(exc).partition("\n")
+        print(f"testbed: error: {first}" + (f"\n{rest}" if rest else "") + "\n(run with --debug for details)",
+              file=sys.stderr)
+        return exc.exit_code

@@ -1,0 +1,100 @@
+"""`testbed doctor`: checks the host and prints a fix for every problem."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed import accel, daemons, kernel, paths
+from testbed.errors import TestbedError
+from testbed.hostcmd import run
+from testbed.topology import KernelKind, host_facts
+
+MIN_QEMU = (8, 0)
+DEPS = "make deps   (runs scripts/install-host-deps: bookworm-backports QEMU 10, libvirt 11, tools)"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _qemu() -> Check:
+    exe = shutil.which("qemu-system-x86_64")
+    if not exe:
+        return Check("qemu", False, "qemu-system-x86_64 not found", DEPS)
+    out = run([exe, "--version"], check=False).stdout or ""
+    m = re.search(r"version (\d+)\.(\d+)", out)
+    ver = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    if ver < MIN_QEMU:
+        return Check("qemu", False, f"QEMU {ver[0]}.{ver[1]} is too old for CXL Type-3 volatile memory", DEPS)
+    devs = run([exe, "-device", "help"], check=False).stdout or ""
+    missing = [d for d in ("cxl-type3", "pxb-cxl", "cxl-rp") if f'"{d}"' not in devs]
+    if missing:
+        return Check("qemu-cxl", False, f"QEMU lacks devices {', '.join(missing)}", DEPS)
+    return Check("qemu", True, f"QEMU {ver[0]}.{ver[1]} with cxl-type3, pxb-cxl, cxl-rp")
+
+
+def _libvirt() -> Check:
+    try:
+        daemons.ensure_running()
+    except TestbedError as exc:
+        return Check("libvirt", False, str(exc), DEPS + "; then `libvirtd -d` (or systemctl start libvirtd)")
+    with daemons.connection() as conn:
+        ver = conn.getLibVersion()
+    return Check("libvirt", True, f"libvirtd {ver // 1000000}.{ver // 1000 % 1000}.{ver % 1000} answers on {daemons.URI}")
+
+
+def _tools() -> list[Check]:
+    need = {"debootstrap": DEPS, "mkfs.ext4": DEPS, "qemu-img": DEPS, "ssh-keygen": DEPS,
+            "ssh": DEPS, "virt-xml-validate": DEPS, "busybox": DEPS, "depmod": DEPS}
+    missing = [t for t in need if not shutil.which(t) and not Path(f"/bin/{t}").exists()]
+    if missing:
+        return [Check("tools", False, "missing: " + ", ".join(missing), DEPS)]
+    return [Check("tools", True, "debootstrap, mkfs.ext4, qemu-img, ssh, busybox, depmod present")]
+
+
+def _kvm() -> Check:
+    try:
+        kern = kernel.resolve(KernelKind.DEBIAN)
+    except TestbedError as exc:
+        return Check("kvm", False, f"cannot fetch the probe kernel: {exc}", DEPS)
+    ok, why = accel.probe_kvm(kern)
+    if ok:
+        return Check("kvm", True, f"{why}: accelerator auto picks kvm")
+    return Check("kvm", True, f"{why}: accelerator auto picks tcg (slower, but CXL memory is usable as memory)")
+
+
+def _memory_disk() -> list[Check]:
+    facts = host_facts()
+    checks = []
+    gib = facts.mem_available / (1 << 30)
+    checks.append(Check("memory", gib >= 4, f"{gib:.1f} GiB available",
+                        "" if gib >= 4 else "free memory: the 2-node testbed needs about 4 GiB"))
+    root = paths.cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free / (1 << 30)
+    checks.append(Check("disk", free >= 5, f"{free:.1f} GiB free under {root}",
+                        "" if free >= 5 else f"free disk under {root}: images and kernels need about 5 GiB"))
+    shm = shutil.disk_usage(paths.shm_root()).free / (1 << 30)
+    checks.append(Check("shm", shm >= 1, f"{shm:.1f} GiB free in {paths.shm_root()}",
+                        "" if shm >= 1 else "enlarge /dev/shm (mount -o remount,size=8G /dev/shm)"))
+    return checks
+
+
+def _root() -> Check:
+    ok = os.geteuid() == 0
+    return Check("root", ok, "running as root" if ok else "not root", "" if ok else "run as root (sudo testbed ...)")
+
+
+def run_checks() -> list[Check]:
+    checks = [_root(), _qemu(), *_tools(), _libvirt(), *_memory_disk()]
+    if all(c.ok for c in checks):
+        checks.append(_kvm())
+    return checks
