@@ -7,6 +7,7 @@ import os
 import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from testbed.errors import CommandError, UserError
 
@@ -22,7 +23,7 @@ BASE_ENV = {
 
 
 def run(
-    argv: Sequence[str],
+    argv: Sequence[str | Path],
     *,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,

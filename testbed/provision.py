@@ -77,6 +77,14 @@ TEARDOWN: dict[st.Kind, Callable[[libvirt.virConnect, str], None]] = {
 }
 
 
+def _try(fn: Callable[[libvirt.virConnect, str], None], conn: libvirt.virConnect, name: str) -> Exception | None:
+    try:
+        fn(conn, name)
+        return None
+    except (libvirt.libvirtError, OSError) as exc:
+        return exc
+
+
 def sweep(conn: libvirt.virConnect, testbed: str) -> list[str]:
     """Remove everything named after the testbed, recorded or not. Returns what was removed."""
     removed: list[str] = []
@@ -96,6 +104,15 @@ def sweep(conn: libvirt.virConnect, testbed: str) -> list[str]:
         objects.append({"kind": st.Kind.FILE, "name": str(f)})
     seen: set[tuple[str, str]] = set()
     errors: list[str] = []
+    # Domains first and in parallel: each destroy waits for its QEMU to exit.
+    doms = sorted({o["name"] for o in objects if o["kind"] == st.Kind.DOMAIN})
+    with ThreadPoolExecutor(max_workers=max(1, len(doms))) as pool:
+        for name, failure in zip(doms, pool.map(lambda d: _try(_destroy_domain, conn, d), doms), strict=True):
+            seen.add((st.Kind.DOMAIN, name))
+            if failure is None:
+                removed.append(f"domain {name}")
+            else:
+                errors.append(f"domain {name}: {failure}")
     for obj in objects:
         key = (obj["kind"], obj["name"])
         if key in seen:

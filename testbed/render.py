@@ -94,5 +94,6 @@ def domain_xml(topo: Topology, node: Node, *, accel: Accel, kernel: Kernel, ssh_
 
 
 def network_xml(testbed: str) -> str:
+    # Isolated and host-only: no forward element and no host address, so nothing is routed.
     return _env.get_template("network.xml.j2").render(
         name=names.network(testbed), bridge=names.bridge(testbed))

@@ -1,0 +1,99 @@
+"""Interrupted and failed bring-ups roll back; four nodes on two MHDs share correctly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from testbed import names, provision, sharing
+from testbed.pytest_plugin import renamed_topology
+from testbed.topology import host_facts, load
+
+from .leftovers import assert_clean
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _wait_for_domain(state_file: Path, proc: subprocess.Popen[str], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"up ended early: {proc.communicate()}"
+        try:
+            if any(o["kind"] == "domain" for o in json.loads(state_file.read_text())["objects"]):
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    pytest.fail("up never reached domain creation")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_up_rolls_back(tmp_path: Path, sig: signal.Signals) -> None:
+    name = f"int{sig.value}-{os.getpid() % 1000}"
+    topo = renamed_topology(REPO / "testbeds" / "two-node.yaml", name, tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "testbed", "up", "-f", str(topo)], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for_domain(names.Layout(name).state_file, proc)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err
+        assert "rolled back" in err and "Traceback" not in err
+        assert_clean(name)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        provision.down(name)
+
+
+def test_failed_boot_rolls_back(tmp_path: Path) -> None:
+    name = f"fail-{os.getpid() % 1000}"
+    topo = renamed_topology(REPO / "testbeds" / "one-node.yaml", name, tmp_path)
+    env = dict(os.environ, CXLTB_BOOT_TIMEOUT="0.5")
+    p = subprocess.run([sys.executable, "-m", "testbed", "up", "-f", str(topo)], cwd=REPO, text=True, env=env,
+                       capture_output=True, timeout=300, check=False)
+    try:
+        assert p.returncode == 1, p.stderr
+        assert "not ready after" in p.stderr and "Traceback" not in p.stderr
+        assert_clean(name)
+    finally:
+        provision.down(name)
+
+
+def test_down_after_a_crash_with_no_state_file(tmp_path: Path) -> None:
+    name = f"crash-{os.getpid() % 1000}"
+    topo = load(renamed_topology(REPO / "testbeds" / "one-node.yaml", name, tmp_path), host_facts())
+    try:
+        provision.up(topo)
+        names.Layout(name).state_file.unlink()  # as if the toolkit died and lost its record
+        provision.down(name)
+        assert_clean(name)
+    finally:
+        provision.down(name)
+
+
+def test_four_nodes_two_mhds(tmp_path: Path) -> None:
+    name = f"four-{os.getpid() % 1000}"
+    topo = load(renamed_topology(REPO / "testbeds" / "four-node.yaml", name, tmp_path), host_facts())
+    try:
+        state, _ = provision.up(topo)
+        results = sharing.prove(topo, state)
+        assert {r.mhd for r in results} == {"mhd-a", "mhd-b"}
+        assert all(r.ok for r in results), results
+        assert set(results[0].readers) == {"node0", "node1", "node2"}
+        assert set(results[1].readers) == {"node2", "node3"}
+        # Different MHDs are different memory: a token on mhd-a is not on mhd-b.
+        a, b = results
+        with open(names.shm_file(name, topo.mhds[1]), "rb") as fh:
+            fh.seek(a.offset)
+            assert fh.read(16).hex() != a.token
+    finally:
+        provision.down(name)
+    assert_clean(name)
