@@ -235,8 +235,9 @@ def wait_ready(conn: libvirt.virConnect, layout: names.Layout, state: st.State, 
         if not dom.isActive():
             raise NodeError(f"{node}: the VM stopped during boot; console: {_console_tail(layout, node)}")
         try:
-            with remote.guest(node, endpoint(layout, ns)) as g:
-                g.run(["cat", "/run/cxltb/ready"], timeout=20)
+            left = max(0.2, min(15.0, deadline - time.monotonic()))
+            with remote.guest(node, endpoint(layout, ns), timeout=left) as g:
+                g.run(["cat", "/run/cxltb/ready"], timeout=left)
                 return time.monotonic() - t0
         except NodeError as exc:
             last = str(exc)

@@ -28,6 +28,7 @@ from testbed import topology as topo_mod
 
 @dataclass
 class Testbed:
+    __test__ = False  # not a test class, despite the name
     topology: topo_mod.Topology
     state: st.State
     _stack: ExitStack = field(default_factory=ExitStack)

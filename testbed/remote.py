@@ -124,8 +124,8 @@ class GuestNode:
 
 
 @contextlib.contextmanager
-def guest(name: str, endpoint: SshEndpoint) -> Iterator[GuestNode]:
-    node = GuestNode(name, endpoint)
+def guest(name: str, endpoint: SshEndpoint, timeout: float = 15.0) -> Iterator[GuestNode]:
+    node = GuestNode(name, endpoint, timeout)
     try:
         yield node
     finally:
