@@ -19,6 +19,7 @@ from types import FrameType
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from testbed import __version__
@@ -131,14 +132,42 @@ def _state(name: str, ops: Ops) -> Any:
     return state
 
 
+class PhaseProgress:
+    """rich progress bars, one per phase of a long operation (kernel, image, boot, ready)."""
+
+    def __init__(self, title: str, total_nodes: int) -> None:
+        self.bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                             MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=False)
+        self.title = title
+        self.total_nodes = total_nodes
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> PhaseProgress:
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.__exit__(None, None, None)
+
+    def __call__(self, phase: str, message: str) -> None:
+        log.debug("%s: %s", phase, message)
+        per_node = phase in ("boot", "ready")
+        if phase not in self.tasks:
+            for tid in self.tasks.values():  # a new phase means the earlier ones are done
+                task = self.bars.tasks[tid]
+                if task.total is not None and not per_node:
+                    self.bars.update(tid, completed=task.total)
+            total = self.total_nodes if per_node else 1
+            self.tasks[phase] = self.bars.add_task(f"{self.title}: {phase}", total=total)
+        tid = self.tasks[phase]
+        self.bars.update(tid, description=f"{self.title}: {phase}: {message}",
+                         advance=1 if per_node else 0)
+
+
 def cmd_up(args: argparse.Namespace, ops: Ops) -> int:
     topo = ops.load_topology(args.file, ops.host_facts())
     t0 = time.monotonic()
-    with err.status(f"bringing up {topo.name}") as spinner:
-        def progress(task: str, message: str) -> None:
-            spinner.update(f"[bold]{topo.name}[/]: {task}: {message} ({time.monotonic() - t0:.1f}s)")
-            log.debug("%s: %s", task, message)
-
+    with PhaseProgress(topo.name, len(topo.nodes)) as progress:
         state, created = ops.up(topo, progress)
     if not created:
         out.print(f"testbed {topo.name} is already up")
@@ -277,8 +306,8 @@ def cmd_doctor(args: argparse.Namespace, ops: Ops) -> int:
 def cmd_demo(args: argparse.Namespace, ops: Ops) -> int:
     topo = ops.load_topology(args.file, ops.host_facts())
     t0 = time.monotonic()
-    with err.status(f"bringing up {topo.name}") as spinner:
-        state, _ = ops.up(topo, lambda task, msg: spinner.update(f"{topo.name}: {task}: {msg}"))
+    with PhaseProgress(topo.name, len(topo.nodes)) as progress:
+        state, _ = ops.up(topo, progress)
     t_up = time.monotonic() - t0
     try:
         results = ops.prove_sharing(topo, state)
