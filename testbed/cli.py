@@ -41,6 +41,7 @@ class Verb(StrEnum):
     DOCTOR = "doctor"
     DEMO = "demo"
     IMAGE = "image"
+    KERNEL = "kernel"
 
 
 def _lazy(module: str, name: str) -> Callable[..., Any]:
@@ -68,6 +69,8 @@ class Ops:
     doctor: Callable[..., Any] = field(default_factory=lambda: _lazy("doctor", "run_checks"))
     prove_sharing: Callable[..., Any] = field(default_factory=lambda: _lazy("sharing", "prove"))
     build_image: Callable[..., Any] = field(default_factory=lambda: _lazy("image", "build"))
+    build_kernel: Callable[..., Any] = field(default_factory=lambda: _lazy("kbuild", "build"))
+    list_kernels: Callable[..., Any] = field(default_factory=lambda: _lazy("kbuild", "cached"))
     execv: Callable[[str, list[str]], Any] = os.execv
 
 
@@ -101,6 +104,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="leave the testbed up")
     img = sub.add_parser(Verb.IMAGE, help="build the guest image (cached by recipe hash)")
     img.add_argument("name", nargs="?", default="bookworm")
+    kern = sub.add_parser(Verb.KERNEL, help="build or list guest kernels").add_subparsers(dest="op", required=True)
+    kb = kern.add_parser("build", help="build the mm-template kernel (patched, cached by content hash)")
+    kb.add_argument("--source", type=Path, help="a local Linux 6.12 tree instead of Debian's linux-source-6.12")
+    kb.add_argument("-j", "--jobs", type=int, help="parallel make jobs (default: all CPUs)")
+    kern.add_parser("list", help="cached kernels")
     return p
 
 
@@ -340,10 +348,30 @@ def cmd_image(args: argparse.Namespace, ops: Ops) -> int:
     return 0
 
 
+def cmd_kernel(args: argparse.Namespace, ops: Ops) -> int:
+    if args.op == "list":
+        rows = ops.list_kernels()
+        table = Table(title="cached guest kernels")
+        for col in ("kind", "release", "key", "build s", "patches", "directory"):
+            table.add_column(col)
+        for k in rows:
+            table.add_row(k.get("kind", "?"), k.get("release", "?"), k.get("key", "-"), str(k.get("build_seconds", "-")),
+                          str(len(k.get("patches", {}))), k["dir"])
+        out.print(table)
+        return 0
+    if args.source is not None and not args.source.is_dir():
+        raise UserError(f"--source {args.source}: no such directory")
+    t0 = time.monotonic()
+    with PhaseProgress("kernel", 1) as progress:
+        kern = ops.build_kernel(args.source, progress, args.jobs)
+    out.print(f"kernel {kern.release}: {kern.directory} ({time.monotonic() - t0:.0f}s)")
+    return 0
+
+
 DISPATCH: dict[Verb, Callable[[argparse.Namespace, Ops], int]] = {
     Verb.UP: cmd_up, Verb.DOWN: cmd_down, Verb.STATUS: cmd_status, Verb.EXEC: cmd_exec,
     Verb.SSH: cmd_ssh, Verb.CONSOLE: cmd_console, Verb.DOCTOR: cmd_doctor, Verb.DEMO: cmd_demo,
-    Verb.IMAGE: cmd_image,
+    Verb.IMAGE: cmd_image, Verb.KERNEL: cmd_kernel,
 }
 
 

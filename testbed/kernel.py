@@ -133,11 +133,20 @@ def debian_kernel() -> Kernel:
         build_modules_image(root, tmp / "modules.img")
         shutil.rmtree(root)
         cache.write_json(tmp / "meta.json", {"kind": "debian", "release": release, "package": DEBIAN_PACKAGE})
+    for old in final.parent.glob("debian-*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
     return Kernel(KernelKind.DEBIAN, release, final)
 
 
+def mm_template_kernel() -> Kernel:
+    from testbed import kbuild  # the build pipeline imports this module's helpers
+
+    return kbuild.build()
+
+
+BUILDERS = {KernelKind.DEBIAN: debian_kernel, KernelKind.MM_TEMPLATE: mm_template_kernel}
+
+
 def resolve(kind: KernelKind) -> Kernel:
-    builders = {KernelKind.DEBIAN: debian_kernel}
-    if kind not in builders:
-        raise UserError(f"kernel '{kind}' is not available yet: use `kernel: debian`")
-    return builders[kind]()
+    return BUILDERS[kind]()

@@ -1,0 +1,160 @@
+"""`testbed kernel build`: Linux 6.12 from Debian's linux-source-6.12 (or a local tree) with the
+kernel-patches/ series applied, configured from a small base plus the project's fragment,
+built with ccache, and cached by source version, patch hashes and config hash."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from testbed import cache, paths
+from testbed.errors import CommandError, UserError
+from testbed.hostcmd import run
+from testbed.kernel import Kernel, build_initramfs, build_modules_image
+from testbed.topology import KernelKind
+
+SOURCE_PACKAGE = "linux-source-6.12"
+SOURCE_TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
+PATCHES = paths.REPO / "kernel-patches"
+FRAGMENT = PATCHES / "config" / "mm-template.fragment"
+# The base: x86_64 defconfig plus the kernel's own kvm_guest.config, then the fragment.
+BASE_TARGETS = ("defconfig", "kvm_guest.config")
+# Options the guest cannot do without; merge_config.sh silently drops unmet ones, so check.
+REQUIRED = ("MM_TEMPLATE", "DEV_DAX", "DEV_DAX_CXL", "CXL_BUS", "CXL_PCI", "CXL_ACPI", "CXL_MEM", "CXL_REGION",
+            "CHECKPOINT_RESTORE", "USERFAULTFD", "OVERLAY_FS", "VIRTIO_BLK", "VIRTIO_NET", "EXT4_FS",
+            "FW_CFG_SYSFS", "CGROUPS", "MEMCG", "NET_NS", "PID_NS", "VETH")
+Progress = Callable[[str, str], None]
+
+
+def series() -> list[Path]:
+    f = PATCHES / "series"
+    if not f.exists():
+        raise UserError(f"{f}: missing; the mm-template kernel needs the patch series")
+    names = [ln.split("#")[0].strip() for ln in f.read_text().splitlines()]
+    out = []
+    for n in (n for n in names if n):
+        p = PATCHES / n
+        if not p.is_file() or "/" in n:
+            raise UserError(f"{f}: names {n!r}, which is not a patch file in kernel-patches/")
+        out.append(p)
+    return out
+
+
+def source_version(source: Path | None) -> str:
+    if source is not None:
+        if not (source / "Makefile").exists():
+            raise UserError(f"--source {source}: not a Linux source tree (no Makefile)")
+        head = run(["make", "-s", "kernelversion"], cwd=source).stdout.strip()
+        return f"local:{source.resolve()}:{head}"
+    if not SOURCE_TARBALL.exists():
+        raise UserError(f"{SOURCE_TARBALL} missing: run `make deps` (installs {SOURCE_PACKAGE} from bookworm-backports)")
+    return run(["dpkg-query", "-W", "-f=${Version}", SOURCE_PACKAGE]).stdout.strip()
+
+
+def build_key(version: str) -> dict[str, Any]:
+    patches = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in series()}
+    config = hashlib.sha256(FRAGMENT.read_bytes() + "|".join(BASE_TARGETS).encode()).hexdigest()
+    recipe = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    key = hashlib.sha256(f"{version}|{sorted(patches.items())}|{config}|{recipe}".encode()).hexdigest()[:12]
+    return {"key": key, "source_version": version, "patches": patches, "config_hash": config}
+
+
+def _env() -> dict[str, str]:
+    ccache = paths.cache_root() / "ccache"
+    ccache.mkdir(parents=True, exist_ok=True)
+    return {"CCACHE_DIR": str(ccache), "CCACHE_BASEDIR": str(paths.cache_root() / "kbuild"),
+            "CCACHE_NOHASHDIR": "1", "CCACHE_MAXSIZE": "5G",
+            "KBUILD_BUILD_TIMESTAMP": "Thu Jan  1 00:00:00 UTC 2026", "KBUILD_BUILD_USER": "cxltb",
+            "KBUILD_BUILD_HOST": "cxltb"}
+
+
+def _apply(tree: Path, patches: list[Path]) -> None:
+    for p in patches:
+        try:
+            run(["patch", "-p1", "--forward", "--batch", "--dry-run", "-i", p], cwd=tree)
+        except CommandError as exc:
+            first = next((ln for ln in exc.output.splitlines() if "FAILED" in ln or "malformed" in ln
+                          or "Reversed" in ln), exc.output.strip().splitlines()[-1] if exc.output.strip() else "")
+            raise UserError(f"kernel-patches/{p.name} does not apply to the kernel source: {first}") from None
+        run(["patch", "-p1", "--forward", "--batch", "-s", "-i", p], cwd=tree)
+
+
+def _configure(tree: Path, env: dict[str, str]) -> str:
+    for target in BASE_TARGETS:
+        run(["make", target], cwd=tree, env=env)
+    run(["scripts/kconfig/merge_config.sh", "-m", ".config", FRAGMENT], cwd=tree, env=env)
+    run(["make", "olddefconfig"], cwd=tree, env=env)
+    config = (tree / ".config").read_text()
+    missing = [o for o in REQUIRED if not re.search(rf"^CONFIG_{o}=[ym]$", config, re.M)]
+    if missing:
+        raise UserError(f"{FRAGMENT}: after merging, the kernel config lacks {', '.join('CONFIG_' + m for m in missing)} "
+                        "(a dependency is unmet; check the fragment)")
+    return hashlib.sha256(config.encode()).hexdigest()[:16]
+
+
+def cached(kind: KernelKind = KernelKind.MM_TEMPLATE) -> list[dict[str, Any]]:
+    out = []
+    for meta in sorted((paths.cache_root() / "kernels").glob("*/meta.json")):
+        data: dict[str, Any] = cache.read_json(meta)
+        data["dir"] = str(meta.parent)
+        out.append(data)
+    return out
+
+
+def build(source: Path | None = None, progress: Progress | None = None, jobs: int | None = None) -> Kernel:
+    note = progress or (lambda phase, msg: None)
+    version = source_version(source)
+    key = build_key(version)
+    final = paths.cache_root() / "kernels" / f"mm-template-{key['key']}"
+    if (final / "meta.json").exists():
+        return Kernel(KernelKind.MM_TEMPLATE, cache.read_json(final / "meta.json")["release"], final)
+    env = _env()
+    work = paths.cache_root() / "kbuild"
+    tree = work / "linux"  # a fixed path keeps ccache hits across builds
+    t0 = time.monotonic()
+    if tree.exists():
+        shutil.rmtree(tree)
+    work.mkdir(parents=True, exist_ok=True)
+    note("kernel", "unpacking source")
+    if source is not None:
+        run(["cp", "-a", source, tree])
+    else:
+        tmp = work / "unpack"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        run(["tar", "-xf", SOURCE_TARBALL, "-C", tmp], timeout=900)
+        (next(tmp.iterdir())).rename(tree)
+        tmp.rmdir()
+    note("kernel", f"applying {len(series())} patches")
+    _apply(tree, series())
+    config_hash = _configure(tree, env)
+    njobs = jobs or os.cpu_count() or 2
+    note("kernel", f"building bzImage and modules (-j{njobs}, ccache)")
+    t_build = time.monotonic()
+    run(["make", f"-j{njobs}", "CC=ccache gcc", "bzImage", "modules"], cwd=tree, env=env, timeout=7200)
+    build_s = time.monotonic() - t_build
+    release = run(["make", "-s", "kernelrelease"], cwd=tree, env=env).stdout.strip()
+    with cache.building(final) as out:
+        stage = out / "stage"
+        run(["make", "-s", f"INSTALL_MOD_PATH={stage}", "INSTALL_MOD_STRIP=1", "modules_install"], cwd=tree, env=env)
+        run(["depmod", "-b", stage, release])
+        shutil.copyfile(tree / "arch" / "x86" / "boot" / "bzImage", out / "vmlinuz")
+        shutil.copyfile(tree / ".config", out / "config")
+        build_initramfs(stage, release, out / "initramfs.img")
+        build_modules_image(stage, out / "modules.img")
+        shutil.rmtree(stage)
+        stats = run(["ccache", "-s"], env=env, check=False).stdout or ""
+        cache.write_json(out / "meta.json", {
+            "kind": str(KernelKind.MM_TEMPLATE), "release": release, **key, "config_sha": config_hash,
+            "build_seconds": round(build_s, 1), "total_seconds": round(time.monotonic() - t0, 1),
+            "ccache": " ".join(ln.strip() for ln in stats.splitlines() if "hit" in ln.lower())[:300]})
+    for old in final.parent.glob("mm-template-*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return Kernel(KernelKind.MM_TEMPLATE, release, final)
