@@ -77,6 +77,14 @@ TEARDOWN: dict[st.Kind, Callable[[libvirt.virConnect, str], None]] = {
 }
 
 
+def hugetlbfs_mounts() -> list[Path]:
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    return [Path(f.split()[1]) for f in lines if len(f.split()) > 2 and f.split()[2] == "hugetlbfs"]
+
+
 def _try(fn: Callable[[libvirt.virConnect, str], None], conn: libvirt.virConnect, name: str) -> Exception | None:
     try:
         fn(conn, name)
@@ -100,8 +108,9 @@ def sweep(conn: libvirt.virConnect, testbed: str) -> list[str]:
         if dom.name().startswith(prefix):
             objects.insert(0, {"kind": st.Kind.DOMAIN, "name": dom.name()})
     objects.append({"kind": st.Kind.NETWORK, "name": names.network(testbed)})
-    for f in paths.shm_root().glob(f"{prefix}*"):
-        objects.append({"kind": st.Kind.FILE, "name": str(f)})
+    for base in [paths.shm_root(), *hugetlbfs_mounts()]:
+        for f in base.glob(f"{prefix}*"):
+            objects.append({"kind": st.Kind.FILE, "name": str(f)})
     seen: set[tuple[str, str]] = set()
     errors: list[str] = []
     # Domains first and in parallel: each destroy waits for its QEMU to exit.

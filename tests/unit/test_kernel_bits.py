@@ -42,3 +42,37 @@ def test_newc_archive_is_readable_by_cpio(tmp_path: Path) -> None:
     assert (tmp_path / "bin" / "x").read_bytes() == b"hello"
     assert (tmp_path / "bin" / "x").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "sh").is_symlink()
+
+
+def test_patch_that_does_not_apply_names_the_patch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from testbed import kbuild
+    from testbed.errors import UserError
+
+    tree = tmp_path / "linux"
+    tree.mkdir()
+    (tree / "a.c").write_text("int a = 1;\n")
+    good = tmp_path / "0001-good.patch"
+    good.write_text("--- a/a.c\n+++ b/a.c\n@@ -1 +1 @@\n-int a = 1;\n+int a = 2;\n")
+    bad = tmp_path / "0002-bad.patch"
+    bad.write_text("--- a/a.c\n+++ b/a.c\n@@ -1 +1 @@\n-int a = 7;\n+int a = 8;\n")
+    with pytest.raises(UserError, match=r"kernel-patches/0002-bad.patch does not apply"):
+        kbuild._apply(tree, [good, bad])
+    assert (tree / "a.c").read_text() == "int a = 2;\n"
+
+
+def test_series_rejects_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from testbed import kbuild
+    from testbed.errors import UserError
+
+    (tmp_path / "series").write_text("# comment\n../etc/passwd\n")
+    monkeypatch.setattr(kbuild, "PATCHES", tmp_path)
+    with pytest.raises(UserError, match="not a patch file"):
+        kbuild.series()
+
+
+def test_missing_tool_is_a_user_error() -> None:
+    from testbed.errors import UserError
+    from testbed.hostcmd import run
+
+    with pytest.raises(UserError, match="make deps"):
+        run(["cxltb-no-such-tool"])

@@ -97,3 +97,31 @@ def test_four_nodes_two_mhds(tmp_path: Path) -> None:
     finally:
         provision.down(name)
     assert_clean(name)
+
+
+def test_hugetlbfs_backing(tmp_path: Path) -> None:
+    mnt = Path("/dev/hugepages")
+    mnt.mkdir(exist_ok=True)
+    mounted = subprocess.run(["mountpoint", "-q", str(mnt)], check=False).returncode == 0
+    if not mounted:
+        subprocess.run(["mount", "-t", "hugetlbfs", "hugetlbfs", str(mnt)], check=True)
+    nr = Path("/proc/sys/vm/nr_hugepages")
+    before = nr.read_text()
+    nr.write_text(str(int(before) + 260))  # 512 MiB of 2 MiB pages, plus slack
+    name = f"huge-{os.getpid() % 1000}"
+    src = tmp_path / "src.yaml"
+    src.write_text("name: x\nnodes: 2\nmhds:\n  - name: mhd0\n    size: 512MiB\n    backing: hugetlbfs\n"
+                   f"    hugetlbfs: {mnt}\n")
+    topo = load(renamed_topology(src, name, tmp_path), host_facts())
+    try:
+        state, _ = provision.up(topo)
+        assert names.shm_file(name, topo.mhds[0]).parent == mnt
+        (result,) = sharing.prove(topo, state)
+        assert result.ok, result
+    finally:
+        provision.down(name)
+        nr.write_text(before)
+        if not mounted:
+            subprocess.run(["umount", str(mnt)], check=False)
+    assert_clean(name)
+    assert not list(mnt.glob(f"cxltb-{name}_*"))
