@@ -43,7 +43,7 @@ def rootfs_key(name: str) -> str:
 
 def image_key(name: str) -> str:
     recipe = paths.REPO / "images" / name
-    return cache.hash_files([recipe, AGENT_DIR / "tbagent"], paths.REPO,
+    return cache.hash_files([recipe, AGENT_DIR / "tbagent", AGENT_DIR / "native"], paths.REPO,
                             [rootfs_key(name), ROOTFS_SIZE, Path(__file__).read_text()])[:12]
 
 
@@ -75,6 +75,10 @@ def _customise(root: Path, name: str) -> None:
     agent = root / "usr" / "lib" / "python3" / "dist-packages" / "tbagent"
     shutil.copytree(AGENT_DIR / "tbagent", agent, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__"))
+    # The cache-maintenance helper for non-coherent shared CXL memory (host and guest are
+    # both bookworm x86-64, so the host compiler builds it for the guest).
+    run(["gcc", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", root / "usr" / "lib" / "cxltb" / "libcxlcache.so",
+         AGENT_DIR / "native" / "cxlcache.c"])
     wrapper = root / "usr" / "local" / "bin" / "tbagent"
     wrapper.write_text("#!/usr/bin/python3\nimport sys\nfrom tbagent.cli import main\nsys.exit(main())\n")
     wrapper.chmod(0o755)

@@ -64,7 +64,7 @@ def qemu_args(topo: Topology, node: Node, ssh_port: int, layout: names.Layout) -
 def node_env(topo: Topology, node: Node) -> str:
     """The node's configuration, sourced by the guest's init; every value is validated."""
     hosts = ";".join(f"{n.address.split('/')[0]} {n.name}" for n in topo.nodes)
-    mhds = " ".join(f"{names.serial(m.index, m.heads.index(node.name)):#x}:{m.name}"
+    mhds = " ".join(f"{names.serial(m.index, m.heads.index(node.name)):#x}:{m.name}:{len(m.heads)}"
                     for m in topo.mhds_of(node.name))
     return (f"NODE={node.name}\nTESTBED={topo.name}\n"
             f"CTL_MAC={names.mac(topo.name, node.name, 'ctl')}\n"

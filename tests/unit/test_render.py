@@ -93,7 +93,7 @@ def test_forwarded_port_binds_loopback_only() -> None:
 def test_node_env_is_shell_safe() -> None:
     topo = load(REPO / "testbeds" / "four-node.yaml", HOST)
     env = render.node_env(topo, topo.node("node2"))
-    assert "MHDS='0xc1000002:mhd-a 0xc1000100:mhd-b'" in env
+    assert "MHDS='0xc1000002:mhd-a:3 0xc1000100:mhd-b:2'" in env
     for line in env.splitlines():
         key, _, value = line.partition("=")
         assert (key.isupper() and not any(c in value for c in '"`$\\;&|<>')) or key == "HOSTS_LINES"

@@ -1,0 +1,127 @@
+"""`tbagent store ...`: format, put, get, list, delete, check, gc on an MHD's template store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tbagent import info
+from tbagent.dax import device_path
+from tbagent.store.core import Store, StoreError
+
+
+def head_of(mhd: str) -> tuple[int, int]:
+    """(this node's head index, number of heads) of an MHD, from the boot-time CXL set-up."""
+    for dev in info.info()["cxl"]:
+        if dev.get("mhd") == mhd or dev.get("path") == mhd or dev.get("dax") == mhd:
+            return int(dev["head"]), int(dev["heads"])
+    raise StoreError(f"this node is not a head of MHD {mhd!r}")
+
+
+def open_store(mhd: str, head: int | None = None) -> Store:
+    h = head if head is not None else head_of(mhd)[0]
+    return Store(device_path(mhd), h)
+
+
+def op_format(mhd: str, slots: int = 256, heads: int | None = None, head: int | None = None) -> dict[str, Any]:
+    my_head, nheads = head_of(mhd) if head is None or heads is None else (head, heads)
+    with Store.format(device_path(mhd), my_head, nheads, slots) as st:
+        sb = st.sb
+        return {"heads": sb.nheads, "slots": sb.slots, "section_size": sb.section_size, "data_off": sb.data_off}
+
+
+def op_put(mhd: str, name: str, files: list[str], meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    blobs = [Path(f).read_bytes() for f in files]
+    with open_store(mhd) as st:
+        rec = st.publish(name, blobs, {"files": [Path(f).name for f in files], **(meta or {})})
+        return {"name": rec.name, "head": rec.head, "seq": rec.seq, "extents": rec.extents}
+
+
+def op_list(mhd: str) -> list[dict[str, Any]]:
+    with open_store(mhd) as st:
+        return [{"name": r.name, "head": r.head, "seq": r.seq, "bytes": sum(e["len"] for e in r.extents),
+                 "extents": r.extents, "meta": r.payload.get("meta", {})} for r in st.templates()]
+
+
+def op_get(mhd: str, name: str, out: str | None = None) -> dict[str, Any]:
+    with open_store(mhd) as st:
+        rec = st.find(name)
+        files = rec.payload.get("meta", {}).get("files", [])
+        datas = [st.read_extent(e) for e in rec.extents]
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        for i, data in enumerate(datas):
+            (Path(out) / (files[i] if i < len(files) else f"extent{i}")).write_bytes(data)
+    return {"name": name, "head": rec.head, "seq": rec.seq, "extents": rec.extents,
+            "crc_ok": True, "bytes": sum(len(d) for d in datas)}
+
+
+def op_delete(mhd: str, name: str) -> dict[str, Any]:
+    with open_store(mhd) as st:
+        rec = st.delete(name)
+        return {"deleted": name, "record_seq": rec.seq}
+
+
+def op_check(mhd: str) -> dict[str, Any]:
+    with open_store(mhd) as st:
+        return st.check()
+
+
+def op_gc(mhd: str) -> dict[str, Any]:
+    with open_store(mhd) as st:
+        return st.gc()
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=None, separators=(",", ":")))
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        if args.op == "format":
+            _print(op_format(args.mhd, args.slots))
+        elif args.op == "put":
+            _print(op_put(args.mhd, args.name, args.files, json.loads(args.meta) if args.meta else None))
+        elif args.op == "list":
+            _print(op_list(args.mhd))
+        elif args.op == "get":
+            _print(op_get(args.mhd, args.name, args.out))
+        elif args.op == "delete":
+            _print(op_delete(args.mhd, args.name))
+        elif args.op == "gc":
+            _print(op_gc(args.mhd))
+        elif args.op == "check":
+            report = op_check(args.mhd)
+            _print(report)
+            return 0 if report["ok"] else 1
+    except StoreError as exc:
+        print(f"tbagent: store: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def register(sub: Any) -> None:
+    st = sub.add_parser("store", help="the template store in an MHD's shared CXL memory")
+    ops = st.add_subparsers(dest="op", required=True)
+    f = ops.add_parser("format", help="create an empty store (one node does this once)")
+    f.add_argument("mhd")
+    f.add_argument("--slots", type=int, default=256, help="manifest records per head")
+    p = ops.add_parser("put", help="publish a template from files (one page-aligned extent each)")
+    p.add_argument("mhd")
+    p.add_argument("name")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--meta", help="JSON object stored with the record")
+    g = ops.add_parser("get", help="read a template back, verifying checksums")
+    g.add_argument("mhd")
+    g.add_argument("name")
+    g.add_argument("--out", help="write the extents as files into this directory")
+    for op, text in (("list", "live templates"), ("check", "verify the store; exit 1 on problems"),
+                     ("gc", "reclaim this head's deleted templates and abandoned slots")):
+        ops.add_parser(op, help=text).add_argument("mhd")
+    d = ops.add_parser("delete", help="delete a template (space is reclaimed by its owner's gc)")
+    d.add_argument("mhd")
+    d.add_argument("name")
+    st.set_defaults(fn=_run)

@@ -1,0 +1,295 @@
+"""The template store proper: format, publish, list, read, delete, check, gc."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import mmap
+import os
+import uuid as uuidlib
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tbagent.store.cachectl import CacheCtl
+from tbagent.store.layout import (
+    EXTENT_ALIGN,
+    REC,
+    REC_MAGIC,
+    SB,
+    SLOT,
+    STATE_OFFSET,
+    Kind,
+    State,
+    Superblock,
+    record_crc,
+)
+
+LOCK_DIR = Path(os.environ.get("CXLTB_LOCK_DIR", "/run/cxltb"))
+
+
+class StoreError(Exception):
+    """A store operation failed; the message says why."""
+
+
+class StoreFull(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class Record:
+    head: int
+    slot: int
+    seq: int
+    kind: Kind
+    payload: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.payload.get("name", ""))
+
+    @property
+    def extents(self) -> list[dict[str, int]]:
+        return list(self.payload.get("extents", []))
+
+
+@dataclass
+class Scan:
+    records: list[Record] = field(default_factory=list)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Store:
+    """One head's view of the store on a dax device (or, in tests, a plain file)."""
+
+    def __init__(self, path: str, head: int) -> None:
+        self.path = path
+        self.head = head
+        self.fd = os.open(path, os.O_RDWR)
+        self.size = _device_size(path, self.fd)
+        self.mm = mmap.mmap(self.fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.cache = CacheCtl(self.mm)
+        self._sb: Superblock | None = None
+
+    def close(self) -> None:
+        del self.cache  # releases the buffer export held by ctypes
+        self.mm.close()
+        os.close(self.fd)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- low-level access: every read of another head's data is preceded by an invalidate
+    def _read(self, off: int, length: int) -> bytes:
+        self.cache.invalidate(off, length)
+        return bytes(self.mm[off : off + length])
+
+    def _write(self, off: int, data: bytes) -> None:
+        self.mm[off : off + len(data)] = data
+        self.cache.flush(off, len(data))
+
+    @property
+    def sb(self) -> Superblock:
+        if self._sb is None:
+            try:
+                self._sb = Superblock.unpack(self._read(0, SB.size))
+            except ValueError as exc:
+                raise StoreError(f"{self.path}: {exc}") from None
+            if self._sb.size != self.size:
+                raise StoreError(f"{self.path}: superblock says {self._sb.size} bytes, device has {self.size}")
+            if not 0 <= self.head < self._sb.nheads:
+                raise StoreError(f"{self.path}: head {self.head} is outside the store's {self._sb.nheads} heads")
+        return self._sb
+
+    @classmethod
+    def format(cls, path: str, head: int, nheads: int, slots: int = 256) -> Store:
+        store = cls(path, head)
+        sb = Superblock.geometry(store.size, nheads, slots, uuidlib.uuid4().bytes)
+        store._write(sb.manifest_off, bytes(nheads * slots * SLOT))  # every slot FREE
+        store._write(0, sb.pack())
+        store._sb = None
+        return store
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # Heads never share sections or slots; this serialises writers on this node only.
+        LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        key = os.path.realpath(self.path).replace("/", "_")
+        with open(LOCK_DIR / f"store{key}.{self.head}.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
+
+    # --- scanning
+    def _slot(self, head: int, index: int) -> tuple[str, Record | None, str]:
+        off = self.sb.slot_offset(head, index)
+        raw = self._read(off, SLOT)
+        magic, state, seq, kind, rhead, plen, crc = REC.unpack(raw[: REC.size])
+        if magic == 0 and state == 0 and not any(raw[: REC.size]):
+            return "free", None, ""
+        if magic != REC_MAGIC:
+            return "garbage", None, "bad record magic"
+        if state == State.RECLAIMED:
+            return "reclaimed", None, ""
+        if state != State.PUBLISHED:
+            return ("unpublished" if state == State.FREE else "garbage"), None, f"state {state:#x}"
+        if plen > SLOT - REC.size or rhead != head or kind not in (Kind.TEMPLATE, Kind.DELETE):
+            return "corrupt", None, "header fields out of range"
+        payload = raw[REC.size : REC.size + plen]
+        if record_crc(seq, kind, rhead, payload) != crc:
+            return "corrupt", None, "checksum mismatch"
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            return "corrupt", None, "payload is not JSON"
+        return "published", Record(head, index, seq, Kind(kind), data), ""
+
+    def scan(self) -> Scan:
+        out = Scan()
+        for h in range(self.sb.nheads):
+            for i in range(self.sb.slots):
+                status, rec, why = self._slot(h, i)
+                if rec is not None:
+                    out.records.append(rec)
+                elif status in ("garbage", "corrupt", "unpublished"):
+                    out.problems.append({"head": h, "slot": i, "status": status, "why": why})
+        return out
+
+    def _live(self, scan: Scan) -> tuple[list[Record], set[tuple[int, int]]]:
+        deleted = {(r.payload["head"], r.payload["seq"]) for r in scan.records if r.kind is Kind.DELETE}
+        live = [r for r in scan.records if r.kind is Kind.TEMPLATE and (r.head, r.seq) not in deleted]
+        return sorted(live, key=lambda r: (r.head, r.seq)), deleted
+
+    def templates(self) -> list[Record]:
+        return self._live(self.scan())[0]
+
+    def find(self, name: str) -> Record:
+        for r in self.templates():
+            if r.name == name:
+                return r
+        raise StoreError(f"no template named {name!r}")
+
+    # --- writing
+    def _allocate(self, scan: Scan, sizes: list[int]) -> list[int]:
+        start, end = self.sb.section(self.head)
+        used = sorted((e["off"], e["off"] + _round(e["len"])) for r in scan.records
+                      if r.head == self.head and r.kind is Kind.TEMPLATE for e in r.extents)
+        offsets = []
+        for size in sizes:
+            need, pos, placed = _round(size), start, None
+            for a, b in used:
+                if a - pos >= need:
+                    placed = pos
+                    break
+                pos = max(pos, b)
+            if placed is None and end - pos >= need:
+                placed = pos
+            if placed is None:
+                free = end - start - sum(b - a for a, b in used)
+                raise StoreFull(f"store full: head {self.head} needs {need} bytes, its section has {free} bytes free "
+                                f"of {end - start}; delete templates and run `tbagent store gc`")
+            offsets.append(placed)
+            used = sorted([*used, (placed, placed + need)])
+        return offsets
+
+    def _append(self, scan: Scan, kind: Kind, payload: dict[str, Any]) -> Record:
+        body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+        if len(body) > SLOT - REC.size:
+            raise StoreError(f"record payload of {len(body)} bytes exceeds {SLOT - REC.size}")
+        mine = [r for r in scan.records if r.head == self.head]
+        seq = max((r.seq for r in mine), default=0) + 1
+        taken = {r.slot for r in mine}
+        free = next((i for i in range(self.sb.slots) if i not in taken), None)
+        if free is None:
+            raise StoreFull(f"manifest full: head {self.head} has used all {self.sb.slots} slots; run `tbagent store gc`")
+        off = self.sb.slot_offset(self.head, free)
+        header = REC.pack(REC_MAGIC, State.FREE, seq, kind, self.head, len(body), record_crc(seq, kind, self.head, body))
+        self._write(off + REC.size, body + bytes(SLOT - REC.size - len(body)))
+        self._write(off, header)
+        self.cache.publish_u32(off + STATE_OFFSET, State.PUBLISHED)  # the publication point
+        return Record(self.head, free, seq, kind, payload)
+
+    def publish(self, name: str, blobs: list[bytes], meta: dict[str, Any] | None = None) -> Record:
+        with self._locked():
+            scan = self.scan()
+            if any(r.name == name for r in self._live(scan)[0]):
+                raise StoreError(f"a template named {name!r} already exists")
+            offsets = self._allocate(scan, [len(b) for b in blobs])
+            extents = []
+            for off, blob in zip(offsets, blobs, strict=True):
+                self._write(off, blob)  # data first, flushed, before the record exists
+                extents.append({"off": off, "len": len(blob), "crc": zlib.crc32(blob)})
+            return self._append(scan, Kind.TEMPLATE, {"name": name, "extents": extents, "meta": meta or {}})
+
+    def read_extent(self, extent: dict[str, int], verify: bool = True) -> bytes:
+        data = self._read(extent["off"], extent["len"])
+        if verify and zlib.crc32(data) != extent["crc"]:
+            raise StoreError(f"extent at {extent['off']:#x} fails its checksum")
+        return data
+
+    def delete(self, name: str) -> Record:
+        with self._locked():
+            scan = self.scan()
+            target = next((r for r in self._live(scan)[0] if r.name == name), None)
+            if target is None:
+                raise StoreError(f"no template named {name!r}")
+            return self._append(scan, Kind.DELETE, {"name": name, "head": target.head, "seq": target.seq})
+
+    def gc(self) -> dict[str, int]:
+        """Reclaim this head's deleted templates (their extents become free) and its spent
+        delete records, plus slots left unpublished by a writer that died."""
+        with self._locked():
+            scan = self.scan()
+            _, deleted = self._live(scan)
+            templates = {(r.head, r.seq) for r in scan.records if r.kind is Kind.TEMPLATE}
+            reclaimed = freed = abandoned = 0
+            for r in scan.records:
+                if r.head != self.head:
+                    continue
+                spent_delete = r.kind is Kind.DELETE and (r.payload["head"], r.payload["seq"]) not in templates
+                if (r.kind is Kind.TEMPLATE and (r.head, r.seq) in deleted) or spent_delete:
+                    self.cache.publish_u32(self.sb.slot_offset(self.head, r.slot) + STATE_OFFSET, State.RECLAIMED)
+                    reclaimed += 1
+                    freed += sum(_round(e["len"]) for e in r.extents)
+            for p in scan.problems:
+                if p["head"] == self.head and p["status"] == "unpublished":
+                    self._write(self.sb.slot_offset(self.head, p["slot"]), bytes(REC.size))
+                    abandoned += 1
+            return {"reclaimed_records": reclaimed, "freed_bytes": freed, "abandoned_slots": abandoned}
+
+    def check(self) -> dict[str, Any]:
+        scan = self.scan()
+        live, _ = self._live(scan)
+        problems = list(scan.problems)
+        seen: list[tuple[int, int, str]] = []
+        for r in live:
+            for e in r.extents:
+                start, end = self.sb.section(r.head)
+                if not (start <= e["off"] and e["off"] + e["len"] <= end and e["off"] % EXTENT_ALIGN == 0):
+                    problems.append({"head": r.head, "slot": r.slot, "status": "bad-extent", "why": f"{r.name}: {e}"})
+                for a, b, other in seen:
+                    if e["off"] < b and a < e["off"] + e["len"]:
+                        problems.append({"head": r.head, "slot": r.slot, "status": "overlap",
+                                         "why": f"{r.name} overlaps {other}"})
+                seen.append((e["off"], e["off"] + e["len"], r.name))
+                if zlib.crc32(self._read(e["off"], e["len"])) != e["crc"]:
+                    problems.append({"head": r.head, "slot": r.slot, "status": "bad-data", "why": f"{r.name}: extent crc"})
+        return {"templates": len(live), "records": len(scan.records), "heads": self.sb.nheads,
+                "problems": problems, "ok": not problems}
+
+
+def _round(n: int) -> int:
+    return max(EXTENT_ALIGN, -(-n // EXTENT_ALIGN) * EXTENT_ALIGN)
+
+
+def _device_size(path: str, fd: int) -> int:
+    real = os.path.realpath(path)
+    sysfs = Path(f"/sys/bus/dax/devices/{Path(real).name}/size")
+    if real.startswith("/dev/dax") and sysfs.exists():
+        return int(sysfs.read_text())
+    return os.fstat(fd).st_size
