@@ -101,7 +101,7 @@ class GuestNode:
 
     def run(self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
             stream: bool = False) -> Result:
-        cmd = shlex.join(argv)
+        cmd = f"{shlex.join(argv)} </dev/null"  # stdin closed, as for host commands
         log.debug("+ [%s] %s", self.name, cmd)
         t0 = time.monotonic()
         try:
