@@ -42,6 +42,9 @@ class Verb(StrEnum):
     DEMO = "demo"
     IMAGE = "image"
     KERNEL = "kernel"
+    RUN = "run"
+    REPORT = "report"
+    COMPARE = "compare"
 
 
 def _lazy(module: str, name: str) -> Callable[..., Any]:
@@ -71,6 +74,7 @@ class Ops:
     build_image: Callable[..., Any] = field(default_factory=lambda: _lazy("image", "build"))
     build_kernel: Callable[..., Any] = field(default_factory=lambda: _lazy("kbuild", "build"))
     list_kernels: Callable[..., Any] = field(default_factory=lambda: _lazy("kbuild", "cached"))
+    agent_session: Callable[..., Any] = field(default_factory=lambda: _lazy("agent", "AgentSession"))
     execv: Callable[[str, list[str]], Any] = os.execv
 
 
@@ -109,6 +113,11 @@ def _parser() -> argparse.ArgumentParser:
     kb.add_argument("--source", type=Path, help="a local Linux 6.12 tree instead of Debian's linux-source-6.12")
     kb.add_argument("-j", "--jobs", type=int, help="parallel make jobs (default: all CPUs)")
     kern.add_parser("list", help="cached kernels")
+    from testbed.scenario import commands as scn_cmds
+
+    scn_cmds.add_run_arguments(sub.add_parser(Verb.RUN, help="run a scenario; results, report and plots in a folder"))
+    sub.add_parser(Verb.REPORT, help="print the tables of a results folder").add_argument("dir", type=Path)
+    scn_cmds.add_compare_arguments(sub.add_parser(Verb.COMPARE, help="compare two results folders, flag regressions"))
     return p
 
 
@@ -368,10 +377,29 @@ def cmd_kernel(args: argparse.Namespace, ops: Ops) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace, ops: Ops) -> int:
+    from testbed.scenario import commands
+
+    return commands.cmd_run(args, ops)
+
+
+def cmd_report(args: argparse.Namespace, ops: Ops) -> int:
+    from testbed.scenario import commands
+
+    return commands.cmd_report(args, ops)
+
+
+def cmd_compare(args: argparse.Namespace, ops: Ops) -> int:
+    from testbed.scenario import commands
+
+    return commands.cmd_compare(args, ops)
+
+
 DISPATCH: dict[Verb, Callable[[argparse.Namespace, Ops], int]] = {
     Verb.UP: cmd_up, Verb.DOWN: cmd_down, Verb.STATUS: cmd_status, Verb.EXEC: cmd_exec,
     Verb.SSH: cmd_ssh, Verb.CONSOLE: cmd_console, Verb.DOCTOR: cmd_doctor, Verb.DEMO: cmd_demo,
     Verb.IMAGE: cmd_image, Verb.KERNEL: cmd_kernel,
+    Verb.RUN: cmd_run, Verb.REPORT: cmd_report, Verb.COMPARE: cmd_compare,
 }
 
 

@@ -1,0 +1,146 @@
+"""PNG plots of a run (matplotlib, Agg backend: no display needed).
+
+    latency_cdf.png        latency CDF per mode, one panel per workload (always)
+    memory_instances.png   memory against number of instances, when invocations carry an
+                           `instances` field (the memory is their `memory_kb`, else the unit's)
+    startup_breakdown.png  stacked bars of the median of each phase, when invocations carry a
+                           `phases` object of numbers (milliseconds), with the rest of the time
+                           measured on the node ("other on node") and the transport on top
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from testbed.scenario import stats
+from testbed.scenario.results import RecordData, unit_key
+
+DPI = 110
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def latency_cdf(data: RecordData, modes: Sequence[str], workloads: Sequence[str], out: Path) -> bool:
+    panels = [w for w in workloads if any(data.values(m, w, "latency_ms") for m in modes)]
+    if not panels:
+        return False
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    for i, wl in enumerate(panels):
+        ax = axes[i // cols][i % cols]
+        for mode in modes:
+            xs = sorted(data.values(mode, wl, "latency_ms"))
+            if xs:
+                ys = [(j + 1) / len(xs) for j in range(len(xs))]
+                ax.step(xs, ys, where="post", label=f"{mode} (n={len(xs)})")
+        ax.set_title(wl, fontsize=10)
+        ax.set_xlabel("latency (ms)")
+        ax.set_ylabel("fraction of invocations")
+        ax.set_ylim(0, 1.02)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    for j in range(len(panels), rows * cols):
+        axes[j // cols][j % cols].axis("off")
+    fig.suptitle("Latency CDF per mode")
+    fig.tight_layout()
+    fig.savefig(out, dpi=DPI)
+    plt.close(fig)
+    return True
+
+
+def memory_instances(data: RecordData, modes: Sequence[str], out: Path) -> bool:
+    series: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in data.all_invocations():
+        m = r.get("metrics") or {}
+        x = _number(m.get("instances"))
+        if x is None:
+            x = _number((r.get("params") or {}).get("instances"))
+        if x is None or not r.get("ok"):
+            continue
+        y = _number(m.get("memory_kb"))
+        if y is None:
+            y = data.unit_memory.get(unit_key(r), (None, None))[0]
+        if y is not None:
+            series[f"{r['mode']} / {r.get('base', r['workload'])}"][x].append(y / 1024)
+    if not series:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label in sorted(series, key=lambda s: [modes.index(s.split(" / ")[0]) if s.split(" / ")[0] in modes else 99, s]):
+        pts = sorted(series[label].items())
+        ax.plot([x for x, _ in pts], [stats.percentile(ys, 50) for _, ys in pts], marker="o", label=label)
+    ax.set_xlabel("instances")
+    ax.set_ylabel("memory (MiB, median)")
+    ax.set_title("Memory against number of instances")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=DPI)
+    plt.close(fig)
+    return True
+
+
+def startup_breakdown(data: RecordData, modes: Sequence[str], workloads: Sequence[str], out: Path) -> bool:
+    bars: list[tuple[str, dict[str, float]]] = []
+    phase_names: dict[str, None] = {}
+    for mode in modes:
+        for wl in workloads:
+            per_phase: dict[str, list[float]] = defaultdict(list)
+            for r in data.invocations.get((mode, wl), []):
+                phases = r.get("phases")
+                if not r.get("ok") or not isinstance(phases, dict):
+                    continue
+                total = 0.0
+                for k, v in phases.items():
+                    if (x := _number(v)) is not None:
+                        per_phase[k].append(x)
+                        phase_names[k] = None
+                        total += x
+                m = r.get("metrics") or {}
+                if (fn := _number(m.get("function_ms"))) is not None:
+                    per_phase["other on node"].append(max(0.0, fn - total))
+                if (tr := _number(m.get("transport_ms"))) is not None:
+                    per_phase["transport"].append(tr)
+            if per_phase:
+                bars.append((f"{mode}\n{wl}", {k: stats.percentile(v, 50) for k, v in per_phase.items()}))
+    if not bars:
+        return False
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(bars) + 2), 4.4))
+    bottoms = [0.0] * len(bars)
+    for phase in [p for p in (*phase_names, "other on node", "transport") if any(p in b[1] for b in bars)]:
+        heights = [b[1].get(phase, 0.0) for b in bars]
+        ax.bar(range(len(bars)), heights, bottom=bottoms, label=phase)
+        bottoms = [a + h for a, h in zip(bottoms, heights, strict=True)]
+    ax.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
+    ax.set_ylabel("median time (ms)")
+    ax.set_title("Startup breakdown")
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=DPI)
+    plt.close(fig)
+    return True
+
+
+def render(records: Sequence[dict[str, Any]], modes: Sequence[str], workloads: Sequence[str], out_dir: Path) -> list[str]:
+    """Write the plots the data supports; returns their file names."""
+    data = RecordData(records)
+    made = []
+    if latency_cdf(data, modes, workloads, out_dir / "latency_cdf.png"):
+        made.append("latency_cdf.png")
+    if memory_instances(data, modes, out_dir / "memory_instances.png"):
+        made.append("memory_instances.png")
+    if startup_breakdown(data, modes, workloads, out_dir / "startup_breakdown.png"):
+        made.append("startup_breakdown.png")
+    return made

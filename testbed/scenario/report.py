@@ -1,0 +1,211 @@
+"""Tables from a results folder: report.md, `testbed report` (rich) and `testbed compare`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+STAT_COLUMNS = ("median", "mean", "p50", "p90", "p99", "min", "max")
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}" if abs(v) < 1e6 else f"{v:.4g}"
+    return str(v)
+
+
+def _mib(kb: Any) -> str:
+    return "-" if kb is None else f"{kb / 1024:.1f}"
+
+
+def _workloads(summary: dict[str, Any]) -> list[str]:
+    seen: dict[str, None] = {}
+    for mode in summary.get("modes", {}).values():
+        for wl in mode.get("workloads", {}):
+            seen[wl] = None
+    return list(seen)
+
+
+def metric_rows(summary: dict[str, Any], workload: str) -> list[list[str]]:
+    rows = []
+    for mode, entry in summary.get("modes", {}).items():
+        w = entry.get("workloads", {}).get(workload)
+        if w is None:
+            continue
+        for metric, st in w.get("metrics", {}).items():
+            if not st.get("count"):
+                continue
+            rows.append([mode, str(w["count"]), str(w["errors"]), metric, *(_fmt(st.get(c)) for c in STAT_COLUMNS)])
+    return rows
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+METRIC_HEADER = ("mode", "n", "errors", "metric", *STAT_COLUMNS)
+
+
+def markdown(summary: dict[str, Any], meta: dict[str, Any], failures: Sequence[dict[str, Any]],
+             plots: Sequence[str]) -> str:
+    scn = meta.get("scenario", {})
+    tb = meta.get("testbed", {})
+    git = meta.get("git", {}) or {}
+    out = [f"# Scenario {scn.get('name', '?')}\n"]
+    if scn.get("description"):
+        out.append(f"{scn['description'].strip()}\n")
+    out.append(f"- run: {meta.get('started', '?')} to {meta.get('ended', '?')} "
+               f"({_fmt(summary.get('wall_s'), 1)} s), complete: {_fmt(summary.get('complete'))}")
+    out.append(f"- testbed: {tb.get('name', '?')}, {len(tb.get('nodes', []))} nodes, accelerator "
+               f"{tb.get('accelerator', '?')}, guest kernel {tb.get('kernel', {}).get('release', '?')}")
+    out.append(f"- seed {scn.get('seed', '?')}, repetitions {scn.get('repetitions', '?')}, warm-up {scn.get('warmup', '?')}; "
+               f"git {str(git.get('commit') or '?')[:12]}{' (dirty)' if git.get('dirty') else ''}; "
+               f"QEMU {meta.get('qemu') or '?'}; host CPU {(meta.get('host') or {}).get('cpu') or '?'}\n")
+    out.append("## Metrics per workload\n")
+    out.append("Times in ms; statistics over measured invocations that succeeded (warm-up excluded); "
+               "percentiles interpolate linearly between ranks.\n")
+    for wl in _workloads(summary):
+        out.append(f"### {wl}\n")
+        out.append(_md_table(METRIC_HEADER, metric_rows(summary, wl)))
+    out.append("## Memory per mode\n")
+    out.append("Used memory (MemTotal - MemAvailable) on the unit's nodes, highest seen during the unit, "
+               "summed over nodes; median over units.\n")
+    mem_rows = [[mode, _mib(e.get("memory_kb")), _mib(e.get("memory_delta_kb"))]
+                for mode, e in summary.get("modes", {}).items()]
+    out.append(_md_table(("mode", "memory (MiB)", "increase during unit (MiB)"), mem_rows))
+    ex = summary.get("executor", {})
+    out.append("## Executor overhead\n")
+    out.append(_md_table(("invocations", "dispatch median (ms)", "transport median (ms)", "lateness median (ms)",
+                          "lateness P99 (ms)"),
+                         [[str(ex.get("invocations", 0)), _fmt(ex.get("dispatch_ms_median"), 3),
+                           _fmt(ex.get("transport_ms_median"), 3), _fmt(ex.get("lateness_ms_median"), 3),
+                           _fmt(ex.get("lateness_ms_p99"), 3)]]))
+    out.append("dispatch: host-side time per invocation outside the remote call; transport: the remote call's "
+               "wall time minus the time the node measured around the function (SSH, process start).\n")
+    if summary.get("assertions"):
+        out.append("## Assertions\n")
+        out.append(_md_table(("assertion", "result", "detail"),
+                             [[a["text"], "pass" if a["ok"] else "FAIL", "; ".join(a.get("failed", [])) or a.get("detail", "")]
+                              for a in summary["assertions"]]))
+    if failures:
+        out.append("## Failures\n")
+        out.append(_md_table(("phase", "where", "error"),
+                             [[f.get("phase", "?"), f.get("where", ""), str(f.get("error", "")).splitlines()[0][:200]]
+                              for f in failures]))
+    if plots:
+        out.append("## Plots\n")
+        out += [f"![{p}]({p})\n" for p in plots]
+    return "\n".join(out)
+
+
+def tables(summary: dict[str, Any], title: str = "") -> list[Table]:
+    out = []
+    for wl in _workloads(summary):
+        t = Table(title=escape(f"{title}{wl} (ms)"))
+        for col in METRIC_HEADER:
+            t.add_column(col, justify="left" if col in ("mode", "metric") else "right")
+        for row in metric_rows(summary, wl):
+            t.add_row(*(escape(c) for c in row))
+        out.append(t)
+    mem = Table(title=f"{title}memory per mode (MiB)")
+    for col in ("mode", "memory", "increase"):
+        mem.add_column(col)
+    for mode, e in summary.get("modes", {}).items():
+        mem.add_row(escape(mode), _mib(e.get("memory_kb")), _mib(e.get("memory_delta_kb")))
+    out.append(mem)
+    ex = summary.get("executor", {})
+    t = Table(title=f"{title}executor overhead per invocation (ms)")
+    for col in ("invocations", "dispatch median", "transport median", "lateness median", "lateness P99"):
+        t.add_column(col, justify="right")
+    t.add_row(str(ex.get("invocations", 0)), _fmt(ex.get("dispatch_ms_median"), 3), _fmt(ex.get("transport_ms_median"), 3),
+              _fmt(ex.get("lateness_ms_median"), 3), _fmt(ex.get("lateness_ms_p99"), 3))
+    out.append(t)
+    if summary.get("assertions"):
+        t = Table(title=f"{title}assertions")
+        for col in ("assertion", "result", "detail"):
+            t.add_column(col)
+        for a in summary["assertions"]:
+            t.add_row(escape(a["text"]), "[green]pass[/]" if a["ok"] else "[red]FAIL[/]",
+                      escape("; ".join(a.get("failed", [])) or a.get("detail", "")))
+        out.append(t)
+    return out
+
+
+# --- compare --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Difference:
+    mode: str
+    workload: str  # "" for per-mode values (memory)
+    metric: str
+    stat: str
+    old: float | None
+    new: float | None
+    regression: bool
+
+    @property
+    def change(self) -> float | None:
+        if self.old is None or self.new is None or self.old == 0:
+            return None
+        return (self.new - self.old) / abs(self.old)
+
+
+def _worse(old: float | None, new: float | None, threshold: float, higher_better: bool) -> bool:
+    if old is None or new is None:
+        return False
+    if higher_better:
+        return new < old - threshold * abs(old)
+    if old == 0:
+        return new > 0
+    return new > old + threshold * abs(old)
+
+
+def compare(old: dict[str, Any], new: dict[str, Any], threshold: float = 0.10,
+            stats: Sequence[str] = ("median", "p99"), higher_better: Sequence[str] = ()) -> list[Difference]:
+    """Every (mode, workload, metric, statistic) in both summaries, plus error rates and memory.
+    A regression: worse by more than threshold (a fraction of the old value); every metric is
+    taken as lower-is-better unless named in higher_better. Error rates regress on any rise."""
+    out: list[Difference] = []
+    for mode, n_entry in new.get("modes", {}).items():
+        o_entry = old.get("modes", {}).get(mode)
+        if o_entry is None:
+            continue
+        for wl, nw in n_entry.get("workloads", {}).items():
+            ow = o_entry.get("workloads", {}).get(wl)
+            if ow is None:
+                continue
+            for metric, nst in nw.get("metrics", {}).items():
+                ost = ow.get("metrics", {}).get(metric)
+                if ost is None:
+                    continue
+                for st in stats:
+                    o, n = ost.get(st), nst.get(st)
+                    out.append(Difference(mode, wl, metric, st, o, n, _worse(o, n, threshold, metric in higher_better)))
+            o, n = ow.get("error_rate"), nw.get("error_rate")
+            out.append(Difference(mode, wl, "error_rate", "", o, n, o is not None and n is not None and n > o))
+        for key in ("memory_kb",):
+            o, n = o_entry.get(key), n_entry.get(key)
+            if o is not None or n is not None:
+                out.append(Difference(mode, "", key, "median", o, n, _worse(o, n, threshold, False)))
+    return out
+
+
+def compare_table(diffs: Sequence[Difference], old_name: str, new_name: str) -> Table:
+    t = Table(title=f"{old_name} -> {new_name}")
+    for col in ("mode", "workload", "metric", "stat", "old", "new", "change", ""):
+        t.add_column(col, justify="right" if col in ("old", "new", "change") else "left")
+    for d in diffs:
+        ch = d.change
+        t.add_row(escape(d.mode), escape(d.workload), escape(d.metric), d.stat, _fmt(d.old), _fmt(d.new),
+                  "-" if ch is None else f"{ch * 100:+.1f}%", "[red]REGRESSION[/]" if d.regression else "")
+    return t

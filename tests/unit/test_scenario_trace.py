@@ -1,0 +1,70 @@
+"""The shipped bursty trace and its generator: heavy-tailed popularity, bursts, valid CSV."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+
+from testbed.scenario import arrivals
+
+TRACES = Path(__file__).resolve().parents[2] / "scenarios" / "traces"
+
+
+def _gen() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gen_trace", TRACES / "gen_trace.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["gen_trace"] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _dispersion(times: list[float], duration: float) -> float:
+    windows = Counter(int(t) for t in times)
+    xs = [windows.get(w, 0) for w in range(int(duration))]
+    m = sum(xs) / len(xs)
+    return sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / m
+
+
+def _check_shape(events: list[tuple[float, str]] | tuple[tuple[float, str], ...], duration: float, functions: int) -> None:
+    times = [t for t, _ in events]
+    assert times == sorted(times) and 0 <= times[0] and times[-1] < duration
+    counts = Counter(f for _, f in events)
+    ranked = [c for _, c in counts.most_common()]
+    # Heavy-tailed popularity: the top fifth of the functions takes most of the invocations,
+    # and the most popular function is called many times as often as the median one.
+    top = max(1, functions // 5)
+    assert sum(ranked[:top]) / len(events) > 0.45
+    assert ranked[0] >= 5 * ranked[len(ranked) // 2]
+    # Bursty: counts per second are far more dispersed than a Poisson process's (index 1).
+    assert _dispersion(times, duration) > 2.0
+
+
+def test_shipped_trace_shape() -> None:
+    trace = arrivals.load_trace(TRACES / "bursty.csv")
+    _check_shape(trace, 120.0, 12)
+    assert 150 <= len(trace) <= 400
+
+
+def test_shipped_trace_is_what_the_generator_makes(tmp_path: Path) -> None:
+    gen = _gen()
+    p = gen.Params()
+    gen.write(gen.generate(p), p, tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_text() == (TRACES / "bursty.csv").read_text()
+
+
+def test_generator_shape_over_seeds() -> None:
+    gen = _gen()
+    for seed in (1, 2, 3, 4):
+        p = gen.Params(seed=seed, duration=600.0)
+        events = gen.generate(p)
+        _check_shape(events, p.duration, p.functions)
+        # The mean rate lies between the calm and the burst rates, near the time-weighted mean.
+        expect = (p.calm_rate * p.calm_mean + p.burst_rate * p.burst_mean) / (p.calm_mean + p.burst_mean)
+        assert p.calm_rate < len(events) / p.duration < p.burst_rate
+        assert math.isclose(len(events) / p.duration, expect, rel_tol=0.5)
+    assert gen.generate(gen.Params(seed=5)) == gen.generate(gen.Params(seed=5))
