@@ -22,6 +22,9 @@ $(VENV)/.installed: pyproject.toml
 image: deps
 	$(PY) -m testbed image bookworm
 
+kernel: deps
+	$(PY) -m testbed kernel build
+
 demo: deps image
 	$(PY) -m testbed demo -f testbeds/two-node.yaml
 
@@ -35,7 +38,7 @@ test-unit: venv
 test-vm: deps image
 	$(VENV)/bin/pytest -q tests/vm
 
-test: deps lint image
+test: deps lint image kernel
 	$(VENV)/bin/pytest tests
 
 bench: deps image
