@@ -80,7 +80,7 @@ class RawTopology:
     nodes: Any
     mhds: tuple[MhdSpec, ...] = ()
     image: str = "bookworm"
-    kernel: KernelKind = KernelKind.DEBIAN
+    kernel: KernelKind = KernelKind.MM_TEMPLATE
     accelerator: Accel = Accel.AUTO
     network: NetworkSpec = NetworkSpec()
 

@@ -26,7 +26,7 @@ def test_two_node_defaults() -> None:
     topo = load(REPO / "testbeds" / "two-node.yaml", BIG_HOST)
     assert [n.name for n in topo.nodes] == ["node0", "node1"]
     assert topo.nodes[1].address == "10.213.0.11/24"
-    assert topo.accelerator is Accel.AUTO and topo.kernel is KernelKind.DEBIAN
+    assert topo.accelerator is Accel.AUTO and topo.kernel is KernelKind.MM_TEMPLATE
     (mhd,) = topo.mhds
     assert mhd.heads == ("node0", "node1") and mhd.size == 512 << 20 and mhd.backing is Backing.SHM
 

@@ -68,7 +68,7 @@ def test_cli_exec_status_and_idempotent_up(testbed: Testbed) -> None:
     p = subprocess.run([*run, "exec", "-t", testbed.name, "all", "--", "uname", "-r"], capture_output=True,
                        text=True, env=env, cwd=REPO, check=False)
     assert p.returncode == 0, p.stderr
-    assert len([ln for ln in p.stdout.splitlines() if "deb12-amd64" in ln]) == 2
+    assert len([ln for ln in p.stdout.splitlines() if ln.endswith(f"| {testbed.state.kernel['release']}")]) == 2
     p = subprocess.run([*run, "exec", "-t", testbed.name, "all", "--", "sh", "-c", "test $(hostname) = node0"],
                        capture_output=True, text=True, env=env, cwd=REPO, check=False)
     assert p.returncode == 1 and "node1: exit code 1" in p.stderr
