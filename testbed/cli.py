@@ -112,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     kb = kern.add_parser("build", help="build the mm-template kernel (patched, cached by content hash)")
     kb.add_argument("--source", type=Path, help="a local Linux 6.12 tree instead of Debian's linux-source-6.12")
     kb.add_argument("-j", "--jobs", type=int, help="parallel make jobs (default: all CPUs)")
+    kb.add_argument("--debug", action="store_true", help="the debug variant (DEBUG_VM, lockdep) for the slow tier")
     kern.add_parser("list", help="cached kernels")
     from testbed.scenario import commands as scn_cmds
 
@@ -372,7 +373,7 @@ def cmd_kernel(args: argparse.Namespace, ops: Ops) -> int:
         raise UserError(f"--source {args.source}: no such directory")
     t0 = time.monotonic()
     with PhaseProgress("kernel", 1) as progress:
-        kern = ops.build_kernel(args.source, progress, args.jobs)
+        kern = ops.build_kernel(args.source, progress, args.jobs, args.debug)
     out.print(f"kernel {kern.release}: {kern.directory} ({time.monotonic() - t0:.0f}s)")
     return 0
 

@@ -23,6 +23,9 @@ SOURCE_PACKAGE = "linux-source-6.12"
 SOURCE_TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
 PATCHES = paths.REPO / "kernel-patches"
 FRAGMENT = PATCHES / "config" / "mm-template.fragment"
+# The debug variant (DEBUG_VM, lockdep, page-table checks) adds these, in order.
+DEBUG_FRAGMENTS = (PATCHES / "config" / "debug.fragment", PATCHES / "config" / "debug-tcg.fragment")
+DEBUG_REQUIRED = ("DEBUG_VM", "PROVE_LOCKING", "DEBUG_ATOMIC_SLEEP")
 # The base: x86_64 defconfig plus the kernel's own kvm_guest.config, then the fragment.
 BASE_TARGETS = ("defconfig", "kvm_guest.config")
 # Options the guest cannot do without; merge_config.sh silently drops unmet ones, so check.
@@ -30,6 +33,8 @@ REQUIRED = ("MM_TEMPLATE", "DEV_DAX", "DEV_DAX_CXL", "CXL_BUS", "CXL_PCI", "CXL_
             "CHECKPOINT_RESTORE", "USERFAULTFD", "OVERLAY_FS", "VIRTIO_BLK", "VIRTIO_NET", "EXT4_FS",
             "FW_CFG_SYSFS", "CGROUPS", "MEMCG", "NET_NS", "PID_NS", "VETH")
 Progress = Callable[[str, str], None]
+# Bump when the build steps change what comes out (not for refactors): part of the cache key.
+RECIPE = "kbuild-1"
 
 
 def series() -> list[Path]:
@@ -57,10 +62,15 @@ def source_version(source: Path | None) -> str:
     return run(["dpkg-query", "-W", "-f=${Version}", SOURCE_PACKAGE]).stdout.strip()
 
 
-def build_key(version: str) -> dict[str, Any]:
+def fragments(debug: bool) -> list[Path]:
+    return [FRAGMENT, *(DEBUG_FRAGMENTS if debug else ())]
+
+
+def build_key(version: str, debug: bool = False) -> dict[str, Any]:
     patches = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in series()}
-    config = hashlib.sha256(FRAGMENT.read_bytes() + "|".join(BASE_TARGETS).encode()).hexdigest()
-    recipe = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    config = hashlib.sha256(b"".join(f.read_bytes() for f in fragments(debug))
+                            + "|".join(BASE_TARGETS).encode()).hexdigest()
+    recipe = RECIPE
     key = hashlib.sha256(f"{version}|{sorted(patches.items())}|{config}|{recipe}".encode()).hexdigest()[:12]
     return {"key": key, "source_version": version, "patches": patches, "config_hash": config}
 
@@ -85,13 +95,14 @@ def _apply(tree: Path, patches: list[Path]) -> None:
         run(["patch", "-p1", "--forward", "--batch", "-s", "-i", p], cwd=tree)
 
 
-def _configure(tree: Path, env: dict[str, str]) -> str:
+def _configure(tree: Path, env: dict[str, str], debug: bool) -> str:
     for target in BASE_TARGETS:
         run(["make", target], cwd=tree, env=env)
-    run(["scripts/kconfig/merge_config.sh", "-m", ".config", FRAGMENT], cwd=tree, env=env)
+    run(["scripts/kconfig/merge_config.sh", "-m", ".config", *fragments(debug)], cwd=tree, env=env)
     run(["make", "olddefconfig"], cwd=tree, env=env)
     config = (tree / ".config").read_text()
-    missing = [o for o in REQUIRED if not re.search(rf"^CONFIG_{o}=[ym]$", config, re.M)]
+    required = REQUIRED + (DEBUG_REQUIRED if debug else ())
+    missing = [o for o in required if not re.search(rf"^CONFIG_{o}=[ym]$", config, re.M)]
     if missing:
         raise UserError(f"{FRAGMENT}: after merging, the kernel config lacks {', '.join('CONFIG_' + m for m in missing)} "
                         "(a dependency is unmet; check the fragment)")
@@ -107,13 +118,15 @@ def cached(kind: KernelKind = KernelKind.MM_TEMPLATE) -> list[dict[str, Any]]:
     return out
 
 
-def build(source: Path | None = None, progress: Progress | None = None, jobs: int | None = None) -> Kernel:
+def build(source: Path | None = None, progress: Progress | None = None, jobs: int | None = None,
+          debug: bool = False) -> Kernel:
     note = progress or (lambda phase, msg: None)
     version = source_version(source)
-    key = build_key(version)
-    final = paths.cache_root() / "kernels" / f"mm-template-{key['key']}"
+    key = build_key(version, debug)
+    kind = KernelKind.MM_TEMPLATE_DEBUG if debug else KernelKind.MM_TEMPLATE
+    final = paths.cache_root() / "kernels" / f"{kind}-{key['key']}"
     if (final / "meta.json").exists():
-        return Kernel(KernelKind.MM_TEMPLATE, cache.read_json(final / "meta.json")["release"], final)
+        return Kernel(kind, cache.read_json(final / "meta.json")["release"], final)
     env = _env()
     work = paths.cache_root() / "kbuild"
     tree = work / "linux"  # a fixed path keeps ccache hits across builds
@@ -133,7 +146,7 @@ def build(source: Path | None = None, progress: Progress | None = None, jobs: in
         tmp.rmdir()
     note("kernel", f"applying {len(series())} patches")
     _apply(tree, series())
-    config_hash = _configure(tree, env)
+    config_hash = _configure(tree, env, debug)
     njobs = jobs or os.cpu_count() or 2
     note("kernel", f"building bzImage and modules (-j{njobs}, ccache)")
     t_build = time.monotonic()
@@ -151,10 +164,10 @@ def build(source: Path | None = None, progress: Progress | None = None, jobs: in
         shutil.rmtree(stage)
         stats = run(["ccache", "-s"], env=env, check=False).stdout or ""
         cache.write_json(out / "meta.json", {
-            "kind": str(KernelKind.MM_TEMPLATE), "release": release, **key, "config_sha": config_hash,
+            "kind": str(kind), "release": release, **key, "config_sha": config_hash,
             "build_seconds": round(build_s, 1), "total_seconds": round(time.monotonic() - t0, 1),
             "ccache": " ".join(ln.strip() for ln in stats.splitlines() if "hit" in ln.lower())[:300]})
-    for old in final.parent.glob("mm-template-*"):
+    for old in final.parent.glob(f"{kind}-????????????"):  # same variant, older keys
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
-    return Kernel(KernelKind.MM_TEMPLATE, release, final)
+    return Kernel(kind, release, final)

@@ -145,7 +145,14 @@ def mm_template_kernel() -> Kernel:
     return kbuild.build()
 
 
-BUILDERS = {KernelKind.DEBIAN: debian_kernel, KernelKind.MM_TEMPLATE: mm_template_kernel}
+def mm_template_debug_kernel() -> Kernel:
+    from testbed import kbuild
+
+    return kbuild.build(debug=True)
+
+
+BUILDERS = {KernelKind.DEBIAN: debian_kernel, KernelKind.MM_TEMPLATE: mm_template_kernel,
+            KernelKind.MM_TEMPLATE_DEBUG: mm_template_debug_kernel}
 
 
 def resolve(kind: KernelKind) -> Kernel:

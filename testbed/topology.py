@@ -33,6 +33,7 @@ class Accel(StrEnum):
 class KernelKind(StrEnum):
     DEBIAN = "debian"
     MM_TEMPLATE = "mm-template"
+    MM_TEMPLATE_DEBUG = "mm-template-debug"  # DEBUG_VM, lockdep: for the slow test tier
 
 
 class Backing(StrEnum):
