@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$(PATH)
 
-.PHONY: deps venv image kernel demo lint test test-unit test-vm bench clean-testbeds
+.PHONY: deps venv image kernel kernel-debug demo lint test test-unit test-vm bench clean-testbeds
 
 deps: venv
 	./scripts/install-host-deps
@@ -25,6 +25,9 @@ image: deps
 kernel: deps
 	$(PY) -m testbed kernel build
 
+kernel-debug: deps
+	$(PY) -m testbed kernel build --debug
+
 demo: deps image
 	$(PY) -m testbed demo -f testbeds/two-node.yaml
 
@@ -38,7 +41,7 @@ test-unit: venv
 test-vm: deps image
 	$(VENV)/bin/pytest -q tests/vm
 
-test: deps lint image kernel
+test: deps lint image kernel kernel-debug
 	$(VENV)/bin/pytest tests
 
 bench: deps image
