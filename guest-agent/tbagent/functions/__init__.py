@@ -1,0 +1,39 @@
+"""Function workloads for sandboxes. Each module is a function's code: it is copied as
+/function/handler.py into the function's own rootfs layer and must import only the standard
+library (and numpy). `handle(event) -> result` answers one invocation; module import is the
+function's initialisation. CATALOG holds what the pool needs without importing the module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    name: str
+    env: dict[str, str] = field(default_factory=dict)
+    limits: dict[str, object] = field(default_factory=dict)  # cgroup.Limits.from_dict keys: memory, cpu, pids
+
+    @property
+    def source(self) -> Path:
+        return Path(__file__).with_name(f"{self.name}.py")
+
+
+CATALOG = {
+    s.name: s for s in (
+        FunctionSpec("hello", {"GREETING": "hello"}),
+        FunctionSpec("jsonrt", {"JSONRT_INDENT": "0"}),
+        FunctionSpec("matmul", {"OPENBLAS_NUM_THREADS": "1"}, {"memory": "384M", "cpu": 1.0, "pids": 64}),
+        FunctionSpec("dirty", {"LEAK_TOKEN": "dirty-secret"}),
+        FunctionSpec("probe"),
+        FunctionSpec("crash"),
+    )
+}
+
+
+def spec(name: str) -> FunctionSpec:
+    try:
+        return CATALOG[name]
+    except KeyError:
+        raise ValueError(f"unknown function {name!r}; known: {', '.join(sorted(CATALOG))}") from None

@@ -1,0 +1,214 @@
+"""`tbagent sandbox ...`: the pool daemon, its client commands, the crun baseline, the benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tbagent.sandbox import paths
+from tbagent.sandbox.pool import POLICIES, PoolConfig
+from tbagent.sandbox.sandbox import CLEANUP_STEPS
+
+
+def _config(args: argparse.Namespace) -> PoolConfig:
+    return PoolConfig(size=args.size, on_exhausted=args.on_exhausted, max_size=max(args.max, args.size),
+                      allow_skip=args.test_hooks, rw_size=args.rw_size)
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=None, sort_keys=True))
+
+
+def _user_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Refusals (another pool owns the node, a daemon is running) as one line, exit code 2."""
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except RuntimeError as exc:
+            print(f"tbagent sandbox: {exc}", file=sys.stderr)
+            return 2
+    return wrapped
+
+
+@_user_errors
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tbagent.sandbox import server
+
+    return server.serve(_config(args))
+
+
+@_user_errors
+def cmd_pool(args: argparse.Namespace) -> int:
+    """Start the daemon with a pool of --size (or resize a running one); print its status."""
+    from tbagent.sandbox import server
+
+    cfg = _config(args)
+    if not server.running():
+        paths.LOGS.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "tbagent.cli", "sandbox", "serve", "--size", str(cfg.size),
+                "--on-exhausted", cfg.on_exhausted, "--max", str(cfg.max_size), "--rw-size", cfg.rw_size,
+                *(["--test-hooks"] if cfg.allow_skip else [])]
+        with open(paths.LOGS / "serve.log", "ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + args.timeout
+        while not server.running():
+            if proc.poll() is not None:
+                tail = (paths.LOGS / "serve.log").read_text(errors="replace").strip().splitlines()[-8:]
+                raise OSError("the pool daemon exited during start-up:\n" + "\n".join(tail))
+            if time.monotonic() > deadline:
+                raise OSError(f"the pool daemon is not ready after {args.timeout}s")
+            time.sleep(0.1)
+    with server.Client() as c:
+        status = c.call("status")
+        if (status["on_exhausted"], status["test_hooks"]) != (cfg.on_exhausted, cfg.allow_skip):
+            print(f"tbagent sandbox: the running daemon keeps on_exhausted={status['on_exhausted']} "
+                  f"test_hooks={status['test_hooks']}; stop it to change them", file=sys.stderr)
+        if status["size"] != cfg.size:
+            status = c.call("resize", size=cfg.size)
+    _print(status)
+    return 0
+
+
+def _call(op: str, **kw: Any) -> dict[str, Any]:
+    from tbagent.sandbox import server
+
+    try:
+        c = server.Client()
+    except OSError as exc:
+        raise OSError(f"no pool daemon on {paths.SOCKET} ({exc.strerror}); start one: tbagent sandbox pool --size N") from exc
+    with c:
+        return c.call(op, check=False, **kw)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    reply = _call("status")
+    _print(reply)
+    return 0 if reply.get("ok") else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    env = dict(kv.split("=", 1) for kv in args.env)
+    reply = _call("run", function=args.function, event=json.loads(args.event), env=env, skip=args.skip,
+                  on_exhausted=args.on_exhausted, timeout=args.timeout)
+    _print(reply)
+    return 0 if reply.get("ok") and reply["reply"].get("ok") else 1
+
+
+def _lock_held() -> bool:
+    """Whether a pool still owns the node (the daemon releases its lock after destroying all)."""
+    try:
+        fd = os.open(paths.LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from tbagent.sandbox import server
+
+    if not server.running():
+        print("no pool daemon running")
+        return 0
+    _call("stop")
+    deadline = time.monotonic() + args.timeout
+    while paths.SOCKET.exists() or _lock_held():
+        if time.monotonic() > deadline:
+            print("the pool daemon did not stop in time", file=sys.stderr)
+            return 1
+        time.sleep(0.1)
+    print("stopped")
+    return 0
+
+
+def cmd_oci(args: argparse.Namespace) -> int:
+    from tbagent.functions import spec as function_spec
+    from tbagent.sandbox import cgroup, layers, oci
+    from tbagent.sandbox.sandbox import limits_for
+
+    spec = function_spec(args.function)
+    cgroup.ensure_tree()
+    layers.build_base()
+    oci.sweep()
+    box = oci.OciSandbox(args.slot, args.variant)
+    try:
+        timings = box.create(spec, [layers.function_layer(spec), layers.base_dir()], limits_for(spec))
+        reply = box.invoke(json.loads(args.event))
+    finally:
+        destroy_s = box.destroy()
+    _print({"ok": True, "timings": timings, "reply": reply, "destroy_s": destroy_s})
+    return 0 if reply.get("ok") else 1
+
+
+@_user_errors
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tbagent.sandbox import bench
+
+    _print(bench.run(args.function, args.runs, args.oci_runs, args.variant_runs, args.memory_sandboxes))
+    return 0
+
+
+def cmd_base(args: argparse.Namespace) -> int:
+    from tbagent.sandbox import layers
+
+    t0 = time.monotonic()
+    path = layers.build_base()
+    _print({"base": str(path), "seconds": time.monotonic() - t0})
+    return 0
+
+
+def _pool_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", type=int, default=2, help="sandboxes kept ready (default 2)")
+    p.add_argument("--on-exhausted", choices=POLICIES, default="queue", help="with none idle: wait, or create one")
+    p.add_argument("--max", type=int, default=16, help="most sandboxes in all, fallback ones included")
+    p.add_argument("--rw-size", default="256m", help="tmpfs size of each sandbox's upper directory")
+    p.add_argument("--test-hooks", action="store_true", help="test only: let release requests skip cleanup steps")
+
+
+def register(sub: Any) -> None:
+    sb = sub.add_parser("sandbox", help="a pool of reusable, type-agnostic sandboxes").add_subparsers(dest="sbverb", required=True)
+    p = sb.add_parser("serve", help="run the pool daemon in the foreground")
+    _pool_args(p)
+    p.set_defaults(fn=cmd_serve)
+    p = sb.add_parser("pool", help="start the pool daemon with N sandboxes (or resize it); print its status")
+    _pool_args(p)
+    p.add_argument("--timeout", type=float, default=180.0)
+    p.set_defaults(fn=cmd_pool)
+    sb.add_parser("status", help="the pool's sandboxes and counters as JSON").set_defaults(fn=cmd_status)
+    p = sb.add_parser("run", help="run a function once in a pooled sandbox")
+    p.add_argument("function")
+    p.add_argument("--event", default="{}", help="the invocation's event (JSON)")
+    p.add_argument("--env", action="append", default=[], metavar="K=V")
+    p.add_argument("--skip", action="append", default=[], choices=CLEANUP_STEPS, help="test only: skip a cleanup step")
+    p.add_argument("--on-exhausted", choices=POLICIES)
+    p.add_argument("--timeout", type=float, help="how long to queue for a sandbox")
+    p.set_defaults(fn=cmd_run)
+    p = sb.add_parser("stop", help="destroy every sandbox and stop the daemon")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.set_defaults(fn=cmd_stop)
+    p = sb.add_parser("oci", help="baseline: one sandbox made from scratch by crun; run the function once")
+    p.add_argument("function")
+    p.add_argument("--event", default="{}")
+    p.add_argument("--variant", choices=("full", "no-ns", "no-cgroup", "no-mounts"), default="full")
+    p.add_argument("--slot", type=int, default=0)
+    p.set_defaults(fn=cmd_oci)
+    p = sb.add_parser("bench", help="time repurposed against crun-created sandboxes; idle memory (JSON)")
+    p.add_argument("--function", default="hello")
+    p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--oci-runs", type=int, default=50)
+    p.add_argument("--variant-runs", type=int, default=15)
+    p.add_argument("--memory-sandboxes", type=int, default=8)
+    p.set_defaults(fn=cmd_bench)
+    sb.add_parser("base", help="build the shared base layer from this node's root").set_defaults(fn=cmd_base)
