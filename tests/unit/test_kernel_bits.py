@@ -76,3 +76,16 @@ def test_missing_tool_is_a_user_error() -> None:
 
     with pytest.raises(UserError, match="make deps"):
         run(["cxltb-no-such-tool"])
+
+
+def test_local_source_tree_version_and_validation(tmp_path: Path) -> None:
+    from testbed import kbuild
+    from testbed.errors import UserError
+
+    with pytest.raises(UserError, match="not a Linux source tree"):
+        kbuild.source_version(tmp_path)
+    (tmp_path / "Makefile").write_text("kernelversion:\n\t@echo 6.12.95\n")
+    version = kbuild.source_version(tmp_path)
+    assert version == f"local:{tmp_path.resolve()}:6.12.95"
+    # A local tree gets its own cache key, never the Debian package's.
+    assert kbuild.build_key(version)["key"] != kbuild.build_key("6.12.95-1~bpo12+1")["key"]
