@@ -182,6 +182,11 @@ class PhaseProgress:
                          advance=1 if per_node else 0)
 
 
+def _require_node(testbed: str, state: Any, node: str, *extra: str) -> None:
+    if node not in state.nodes and node not in extra:
+        raise UserError(f"testbed {testbed} has no node {node!r} (nodes: {', '.join([*state.nodes, *extra])})")
+
+
 def cmd_up(args: argparse.Namespace, ops: Ops) -> int:
     topo = ops.load_topology(args.file, ops.host_facts())
     t0 = time.monotonic()
@@ -246,12 +251,8 @@ def cmd_exec(args: argparse.Namespace, ops: Ops) -> int:
     from testbed import names
 
     layout = names.Layout(name)
-    if args.node == "all":
-        targets = list(state.nodes)
-    elif args.node in state.nodes:
-        targets = [args.node]
-    else:
-        raise UserError(f"testbed {name} has no node {args.node!r} (nodes: {', '.join(state.nodes)}, all)")
+    _require_node(name, state, args.node, "all")
+    targets = list(state.nodes) if args.node == "all" else [args.node]
 
     def one(node: str) -> tuple[str, int, str, str]:
         with ops.guest(node, ops.endpoint(layout, state.nodes[node])) as g:
@@ -277,8 +278,7 @@ def cmd_ssh(args: argparse.Namespace, ops: Ops) -> int:
     name = _testbed(args, ops)
     state = _state(name, ops)
     _check_name(args.node, "node", NODE_RE)
-    if args.node not in state.nodes:
-        raise UserError(f"testbed {name} has no node {args.node!r} (nodes: {', '.join(state.nodes)})")
+    _require_node(name, state, args.node)
     from testbed import names
 
     layout = names.Layout(name)
@@ -292,8 +292,7 @@ def cmd_ssh(args: argparse.Namespace, ops: Ops) -> int:
 def cmd_console(args: argparse.Namespace, ops: Ops) -> int:
     name = _testbed(args, ops)
     state = _state(name, ops)
-    if args.node not in state.nodes:
-        raise UserError(f"testbed {name} has no node {args.node!r} (nodes: {', '.join(state.nodes)})")
+    _require_node(name, state, args.node)
     from testbed import names
 
     path = names.Layout(name).console(args.node)

@@ -10,6 +10,7 @@ Every node boots a copy-on-write overlay of the base.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,7 +101,9 @@ def build(name: str) -> Image:
     rootfs = build_rootfs(name)
     final = image_path(name)
     final.parent.mkdir(parents=True, exist_ok=True)
-    with cache.building(final.with_suffix(".work")) as work:
+    # Work beside the cache so the finished image is published by one rename.
+    with tempfile.TemporaryDirectory(prefix=f".{final.name}.", dir=final.parent) as tmp:
+        work = Path(tmp)
         root = work / "root"
         run(["cp", "-a", rootfs, root])
         (root / ".complete").unlink()
@@ -108,9 +111,8 @@ def build(name: str) -> Image:
         raw = work / "root.img"
         run(["mkfs.ext4", "-q", "-F", "-L", "cxltb-root", "-d", root, raw, ROOTFS_SIZE], timeout=600)
         run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, work / "image.qcow2"], timeout=600)
+        (work / "image.qcow2").chmod(0o644)
         (work / "image.qcow2").rename(final)
-        shutil.rmtree(root)
-    shutil.rmtree(final.with_suffix(".work"), ignore_errors=True)
     for old in final.parent.glob(f"{name}-*.qcow2"):
         if old != final:
             old.unlink()

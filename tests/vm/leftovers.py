@@ -5,8 +5,6 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import libvirt
-
 from testbed import daemons, names, paths
 
 
@@ -31,5 +29,3 @@ def assert_clean(testbed: str) -> None:
     left = leftovers(testbed)
     assert not any(left.values()), f"testbed {testbed} left objects behind: {left}"
 
-
-__all__ = ["assert_clean", "leftovers", "libvirt"]

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import threading
 import time
 from pathlib import Path
 
-import libvirt
 import pytest
 
 from testbed import daemons, names
 from testbed.agent import AgentError, AgentSession
 from testbed.pytest_plugin import Testbed
-from testbed.topology import load
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.topology(str(REPO / "testbeds" / "two-node.yaml"))
@@ -123,5 +120,3 @@ def test_writer_vm_killed_mid_publish(testbed: Testbed) -> None:
     for i in (0, N - 1):
         assert json.loads(testbed.exec("node0", "tbagent", "store", "get", "mhd0", f"node1-fn{i}").stdout)["crc_ok"]
 
-
-__all__ = ["libvirt", "load", "os"]
