@@ -22,6 +22,7 @@ MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
 ROOTFS_SIZE = "4G"
 AGENT_DIR = paths.REPO / "guest-agent"
+CRIU_MMT = paths.REPO / "criu-mmt"
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,14 @@ def rootfs_key(name: str) -> str:
     return cache.hash_files([], paths.REPO, [SUITE, MIRROR, "minbase", *packages(name)])[:12]
 
 
+def kernel_uapi() -> list[Path]:
+    """The patch that carries include/uapi/linux/mm_template.h (the plugin is built with it)."""
+    return sorted((paths.REPO / "kernel-patches").glob("*-mm-add-the-mm-template-interface.patch"))
+
+
 def image_key(name: str) -> str:
     recipe = paths.REPO / "images" / name
-    return cache.hash_files([recipe, AGENT_DIR / "tbagent", AGENT_DIR / "native"], paths.REPO,
+    return cache.hash_files([recipe, AGENT_DIR / "tbagent", AGENT_DIR / "native", CRIU_MMT, *kernel_uapi()], paths.REPO,
                             [rootfs_key(name), ROOTFS_SIZE, Path(__file__).read_text()])[:12]
 
 
@@ -80,6 +86,12 @@ def _customise(root: Path, name: str) -> None:
     # both bookworm x86-64, so the host compiler builds it for the guest).
     run(["gcc", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", root / "usr" / "lib" / "cxltb" / "libcxlcache.so",
          AGENT_DIR / "native" / "cxlcache.c"])
+    # CRIU's template restore: the cxltb_mmt plugin, against the image's own criu headers.
+    with tempfile.TemporaryDirectory() as build:
+        run(["make", "-s", "-C", CRIU_MMT, f"CRIU_INC={root / 'usr' / 'include'}", f"BUILD={build}"])
+        plugins = root / "usr" / "lib" / "cxltb" / "criu"
+        plugins.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(Path(build) / "cxltb_mmt.so", plugins / "cxltb_mmt.so")
     wrapper = root / "usr" / "local" / "bin" / "tbagent"
     wrapper.write_text("#!/usr/bin/python3\nimport sys\nfrom tbagent.cli import main\nsys.exit(main())\n")
     wrapper.chmod(0o755)

@@ -31,7 +31,7 @@ BASE_TARGETS = ("defconfig", "kvm_guest.config")
 # Options the guest cannot do without; merge_config.sh silently drops unmet ones, so check.
 REQUIRED = ("MM_TEMPLATE", "DEV_DAX", "DEV_DAX_CXL", "CXL_BUS", "CXL_PCI", "CXL_ACPI", "CXL_MEM", "CXL_REGION",
             "CHECKPOINT_RESTORE", "USERFAULTFD", "OVERLAY_FS", "VIRTIO_BLK", "VIRTIO_NET", "EXT4_FS",
-            "FW_CFG_SYSFS", "CGROUPS", "MEMCG", "NET_NS", "PID_NS", "VETH")
+            "FW_CFG_SYSFS", "CGROUPS", "MEMCG", "NET_NS", "PID_NS", "VETH", "NF_TABLES", "NF_TABLES_INET", "CFS_BANDWIDTH")
 Progress = Callable[[str, str], None]
 # Bump when the build steps change what comes out (not for refactors): part of the cache key.
 RECIPE = "kbuild-1"

@@ -9,7 +9,7 @@ import sys
 from tbagent import __version__
 
 # Feature modules; each defines register(subparsers) and sets `fn` defaults on its parsers.
-FEATURES = ("tbagent.info", "tbagent.dax", "tbagent.store.cli", "tbagent.serve", "tbagent.sandbox")
+FEATURES = ("tbagent.info", "tbagent.dax", "tbagent.store.cli", "tbagent.serve", "tbagent.sandbox", "tbagent.snap.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from tbagent import __version__, info
+from tbagent.snap import cli as snap_cli
 from tbagent.store import StoreError
 from tbagent.store import cli as store_cli
 
@@ -29,6 +30,9 @@ OPS: dict[str, Callable[..., Any]] = {
     "store.delete": store_cli.op_delete,
     "store.check": store_cli.op_check,
     "store.gc": store_cli.op_gc,
+    "snap.take": snap_cli.op_take,
+    "snap.prepare": snap_cli.op_prepare,
+    "snap.run": snap_cli.op_run,
 }
 
 

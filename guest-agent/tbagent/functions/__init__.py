@@ -1,7 +1,8 @@
 """Function workloads for sandboxes. Each module is a function's code: it is copied as
 /function/handler.py into the function's own rootfs layer and must import only the standard
-library (and numpy). `handle(event) -> result` answers one invocation; module import is the
-function's initialisation. CATALOG holds what the pool needs without importing the module."""
+library (and numpy and PIL: the guest's python3-numpy and python3-pil). `handle(event) -> result`
+answers one invocation; module import is the function's initialisation. CATALOG holds what the
+pool needs without importing the module."""
 
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ CATALOG = {
         FunctionSpec("dirty", {"LEAK_TOKEN": "dirty-secret"}),
         FunctionSpec("probe"),
         FunctionSpec("crash"),
+        # FunctionBench-style workloads (1 CPU each; numpy's OpenBLAS kept to one thread).
+        FunctionSpec("imgresize", {"OPENBLAS_NUM_THREADS": "1"}, {"memory": "256M", "cpu": 1.0, "pids": 64}),
+        FunctionSpec("inference", {"OPENBLAS_NUM_THREADS": "1"}, {"memory": "256M", "cpu": 1.0, "pids": 64}),
+        FunctionSpec("compress", {}, {"memory": "256M", "cpu": 1.0, "pids": 64}),  # lzma preset 6 needs ~94 MiB
+        # The memory limit leaves room for HEAP_MIB up to its maximum, 1024, given as a run's env.
+        FunctionSpec("heap", {"OPENBLAS_NUM_THREADS": "1", "HEAP_MIB": "64", "HEAP_SEED": "1", "NUMPY_MADVISE_HUGEPAGE": "0"},
+                     {"memory": "1280M", "cpu": 1.0, "pids": 64}),
     )
 }
 

@@ -8,11 +8,13 @@ import socket
 import time
 from typing import Any
 
+META = "/function/meta.json"
+
 
 def handle(event: dict[str, Any]) -> dict[str, Any]:
     if event.get("sleep"):
         time.sleep(float(event["sleep"]))
-    with open("/function/meta.json") as fh:
-        layer = json.load(fh)["name"]
+    # The layer's name in a sandbox; a snapshot instance runs outside one.
+    layer = json.loads(open(META).read())["name"] if os.path.exists(META) else None
     return {"greeting": f"{os.environ.get('GREETING', 'hi')} {event.get('name', 'world')}",
             "layer": layer, "hostname": socket.gethostname(), "pid": os.getpid()}

@@ -9,7 +9,7 @@ import mmap
 import os
 import uuid as uuidlib
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from tbagent.store.layout import (
     record_crc,
 )
 
+Blob = bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview]
 LOCK_DIR = Path(os.environ.get("CXLTB_LOCK_DIR", "/run/cxltb"))
 
 
@@ -90,7 +91,7 @@ class Store:
         self.cache.invalidate(off, length)
         return bytes(self.mm[off : off + length])
 
-    def _write(self, off: int, data: bytes) -> None:
+    def _write(self, off: int, data: bytes | bytearray | memoryview) -> None:
         self.mm[off : off + len(data)] = data
         self.cache.flush(off, len(data))
 
@@ -214,16 +215,23 @@ class Store:
         self.cache.publish_u32(off + STATE_OFFSET, State.PUBLISHED)  # the publication point
         return Record(self.head, free, seq, kind, payload)
 
-    def publish(self, name: str, blobs: list[bytes], meta: dict[str, Any] | None = None) -> Record:
+    def publish(self, name: str, blobs: Sequence[Blob], meta: dict[str, Any] | None = None) -> Record:
+        """Publish a template of several blobs; a blob is bytes or a sequence of chunks (written
+        one after the other, so a large snapshot is never copied into one buffer)."""
+        parts = [[b] if isinstance(b, bytes | bytearray | memoryview) else list(b) for b in blobs]
         with self._locked():
             scan = self.scan()
             if any(r.name == name for r in self._live(scan)[0]):
                 raise StoreError(f"a template named {name!r} already exists")
-            offsets = self._allocate(scan, [len(b) for b in blobs])
+            offsets = self._allocate(scan, [sum(len(c) for c in chunks) for chunks in parts])
             extents = []
-            for off, blob in zip(offsets, blobs, strict=True):
-                self._write(off, blob)  # data first, flushed, before the record exists
-                extents.append({"off": off, "len": len(blob), "crc": zlib.crc32(blob)})
+            for off, chunks in zip(offsets, parts, strict=True):
+                pos, crc = off, 0
+                for chunk in chunks:
+                    self._write(pos, chunk)  # data first, flushed, before the record exists
+                    crc = zlib.crc32(chunk, crc)
+                    pos += len(chunk)
+                extents.append({"off": off, "len": pos - off, "crc": crc})
             return self._append(scan, Kind.TEMPLATE, {"name": name, "extents": extents, "meta": meta or {}})
 
     def read_extent(self, extent: dict[str, int], verify: bool = True) -> bytes:

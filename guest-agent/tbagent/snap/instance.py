@@ -1,0 +1,218 @@
+"""Function instances, started in one of four ways, each in its own PID namespace (so any number
+of instances restored from one snapshot coexist: each is PID 1 of its own namespace).
+
+  cold      unshare + setsid + fnserver: process start and the function's initialisation
+  criu      `criu restore` of the full image set: every page copied from local images
+  lazy      `criu restore --lazy-pages` + `criu lazy-pages`: pages served by userfaultfd
+  template  `criu restore` of the stripped image set + the cxltb_mmt plugin: private memory
+            attached from the mm-template (copy-on-write on the CXL pages), nothing copied
+
+The host side talks to an instance through two pipes (requests in, replies out); a restore gets
+new pipes in place of the dumped ones through --inherit-fd."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from tbagent.functions import spec
+
+RUN_DIR = Path(os.environ.get("CXLTB_SNAP_RUN", "/run/tbagent/instances"))
+PLUGIN_DIR = "/usr/lib/cxltb/criu"
+BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+READY_TIMEOUT = 300.0
+
+
+class Mode(StrEnum):
+    COLD = "cold"
+    CRIU = "criu"
+    LAZY = "lazy"
+    TEMPLATE = "template"
+
+
+class InstanceError(RuntimeError):
+    pass
+
+
+def function_env(function: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**BASE_ENV, **spec(function).env, **(extra or {})}
+
+
+@dataclass
+class Instance:
+    mode: Mode
+    pid: int                       # the function's process (PID 1 of its namespace)
+    wfd: int                       # requests go here
+    rfd: int                       # replies come from here
+    workdir: Path
+    reap: subprocess.Popen[bytes] | None = None   # cold: the unshare parent; else None (a child of ours)
+    lazy: subprocess.Popen[bytes] | None = None
+    marks: dict[str, float] = field(default_factory=dict)
+    _buf: bytes = b""
+
+    def readline(self, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.rfd], [], [], left)[0]:
+                raise InstanceError(f"{self.mode} instance {self.pid}: no reply within {timeout:.0f} s")
+            chunk = os.read(self.rfd, 1 << 16)
+            if not chunk:
+                raise InstanceError(f"{self.mode} instance {self.pid} exited{self._log_tail()}")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def request(self, req: dict[str, Any], timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+        try:
+            os.write(self.wfd, json.dumps(req).encode() + b"\n")
+        except BrokenPipeError:
+            raise InstanceError(f"{self.mode} instance {self.pid} exited{self._log_tail()}") from None
+        return self.readline(timeout)
+
+    def invoke(self, event: dict[str, Any], timeout: float = READY_TIMEOUT) -> tuple[dict[str, Any], float]:
+        t0 = time.monotonic()
+        reply = self.request({"op": "invoke", "event": event}, timeout)
+        return reply, time.monotonic() - t0
+
+    def _log_tail(self) -> str:
+        log = self.workdir / "restore.log"
+        if not log.exists():
+            return ""
+        errors = [ln for ln in log.read_text(errors="replace").splitlines() if "Error" in ln or "cxltb_mmt" in ln]
+        return ": " + " | ".join(errors[-3:]) if errors else ""
+
+    def stop(self) -> None:
+        for fd in (self.wfd, self.rfd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)  # PID 1 of its namespace ignores SIGTERM
+        if self.reap is not None:
+            self.reap.wait()
+        else:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+        if self.lazy is not None:
+            if self.lazy.poll() is None:
+                self.lazy.kill()
+            self.lazy.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Instance:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _workdir() -> Path:
+    d = RUN_DIR / uuid.uuid4().hex[:12]
+    d.mkdir(parents=True)
+    return d
+
+
+def start_cold(function: str, env: dict[str, str] | None = None) -> Instance:
+    t0 = time.monotonic()
+    argv = ["unshare", "--pid", "--fork", "--kill-child", "setsid",
+            sys.executable, "-m", "tbagent.snap.fnserver", function]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=function_env(function, env),
+                            start_new_session=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    inst = Instance(Mode.COLD, 0, os.dup(proc.stdin.fileno()), os.dup(proc.stdout.fileno()), _workdir(), reap=proc)
+    proc.stdin.close()
+    proc.stdout.close()
+    try:
+        ready = inst.readline(READY_TIMEOUT)
+        if not ready.get("ready"):
+            raise InstanceError(f"{function}: initialisation failed: {ready.get('error')}")
+        inst.pid = _child_of(proc.pid)
+    except BaseException:
+        inst.stop()
+        raise
+    inst.marks.update(start=t0, ready=time.monotonic(), init_s=float(ready.get("init_s", 0.0)))
+    return inst
+
+
+def _child_of(pid: int) -> int:
+    with open(f"/proc/{pid}/task/{pid}/children") as fh:
+        kids = fh.read().split()
+    if len(kids) != 1:
+        raise InstanceError(f"unshare {pid} has {len(kids)} children, expected the function's process")
+    return int(kids[0])
+
+
+def start_restore(mode: Mode, imgdir: Path, pipes: dict[str, str], lazy_from: Path | None = None,
+                  populate: bool = False) -> Instance:
+    """Restore one instance from `imgdir` (full image set for criu/lazy, stripped for template)."""
+    t0 = time.monotonic()
+    work = _workdir()
+    ri, wi = os.pipe()
+    ro, wo = os.pipe()
+    lazy = None
+    argv = ["criu", "restore", "-D", str(imgdir), "-W", str(work), "--restore-detached", "--restore-sibling",
+            "--pidfile", str(work / "pid"), "-o", "restore.log", "-v2",
+            "--inherit-fd", f"fd[{ri}]:{pipes['in']}", "--inherit-fd", f"fd[{wo}]:{pipes['out']}"]
+    env = dict(BASE_ENV)
+    try:
+        if mode is Mode.LAZY:
+            lazy = subprocess.Popen(["criu", "lazy-pages", "-D", str(lazy_from or imgdir), "-W", str(work),
+                                     "-o", "lazy.log", "-v2"], stdin=subprocess.DEVNULL)
+            sock = work / "lazy-pages.socket"
+            deadline = time.monotonic() + 30
+            while not sock.exists():
+                if lazy.poll() is not None or time.monotonic() > deadline:
+                    raise InstanceError(f"criu lazy-pages did not start: {_tail(work / 'lazy.log')}")
+                time.sleep(0.002)
+            argv.append("--lazy-pages")
+        elif mode is Mode.TEMPLATE:
+            argv += ["--libdir", PLUGIN_DIR]
+            if populate:
+                env["CXLTB_MMT_POPULATE"] = "1"
+        t1 = time.monotonic()
+        res = subprocess.run(argv, pass_fds=(ri, wo), env=env, stdin=subprocess.DEVNULL, capture_output=True)
+        t2 = time.monotonic()
+        if res.returncode != 0:
+            raise InstanceError(f"criu restore ({mode}) failed: {_tail(work / 'restore.log')}")
+        pid = int((work / "pid").read_text())
+    except BaseException:
+        for fd in (ri, wi, ro, wo):
+            os.close(fd)
+        if lazy is not None:
+            lazy.kill()
+            lazy.wait()
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    os.close(ri)
+    os.close(wo)
+    inst = Instance(mode, pid, wi, ro, work, lazy=lazy)
+    try:
+        reply = inst.request({"op": "ping"})  # restored and answering: ready
+        if not reply.get("ok"):
+            raise InstanceError(f"restored instance answered {reply}")
+    except BaseException:
+        inst.stop()
+        raise
+    inst.marks.update(start=t0, restore_s=t2 - t1, ready=time.monotonic())
+    return inst
+
+
+def _tail(path: Path, n: int = 3) -> str:
+    if not path.exists():
+        return f"{path.name} missing"
+    lines = path.read_text(errors="replace").splitlines()
+    errors = [ln for ln in lines if "Error" in ln] or lines
+    return " | ".join(errors[-n:])

@@ -1,0 +1,215 @@
+"""Snapshots in the CXL template store: take one on this node, prepare one for restores on any node.
+
+A snapshot record in the store has three extents:
+  0  memory: the template areas' pages, back to back (page aligned in the device: the mm-template
+     areas point straight at them)
+  1  images: a tar of the stripped CRIU image set (every image but the template's pages)
+  2  layout: JSON with the areas, the dumped pipes, the function and how it was warmed
+
+On a node, /var/lib/tbagent/snap/NAME-HEAD-SEQ/ holds `stripped/` (for template restores, with
+cxltb-mmt.conf naming the node's mm-template) and, made on first use, `full/` (every page, for
+criu and lazy restores: CRIU copying from local images is the baseline)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tbagent.dax import device_path
+from tbagent.snap import images, mmt
+from tbagent.snap.instance import Instance, start_cold
+from tbagent.store import cli as store_cli
+from tbagent.store.core import Record
+
+SNAP_DIR = Path(os.environ.get("CXLTB_SNAP_DIR", "/var/lib/tbagent/snap"))
+FORMAT = 1
+MEMORY, IMAGES, LAYOUT = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Local:
+    """A snapshot as prepared on this node."""
+
+    name: str
+    dir: Path
+    layout: dict[str, Any]
+    mmt_name: str
+    mem_off: int   # where the template's pages start in the device
+
+    @property
+    def stripped(self) -> Path:
+        return self.dir / "stripped"
+
+    @property
+    def full(self) -> Path:
+        return self.dir / "full"
+
+    @property
+    def pipes(self) -> dict[str, str]:
+        return dict(self.layout["pipes"])
+
+    @property
+    def function(self) -> str:
+        return str(self.layout["function"])
+
+
+def check_name(name: str) -> str:
+    mmt.check_name(name)
+    if len(name) > 40:
+        raise ValueError(f"snapshot name {name!r} is longer than 40 characters")
+    return name
+
+
+def mmt_name(rec: Record) -> str:
+    return f"{rec.name}:{rec.head}:{rec.seq}"
+
+
+def _key(rec: Record) -> str:
+    return f"{rec.name}-{rec.head}-{rec.seq}"
+
+
+def _pipe_keys(pid: int) -> dict[str, str]:
+    return {"in": os.readlink(f"/proc/{pid}/fd/0"), "out": os.readlink(f"/proc/{pid}/fd/1")}
+
+
+def _tar(d: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for f in sorted(d.iterdir()):
+            if f.name not in images.SKIP_FILES:
+                tar.add(f, arcname=f.name)
+    return buf.getvalue()
+
+
+def _untar(data: bytes, out: Path) -> None:
+    """Unpack an image-set tar: plain files with plain names only (bookworm's Python 3.11.2 has
+    no extraction filters, and the store is shared with other hosts)."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for m in tar.getmembers():
+            if not m.isfile() or "/" in m.name or m.name.startswith("."):
+                raise ValueError(f"snapshot image set: unexpected member {m.name!r}")
+            src = tar.extractfile(m)
+            assert src is not None
+            (out / m.name).write_bytes(src.read())
+
+
+def _stripped_from(full: Path, out: Path, plan: images.Plan) -> None:
+    images.link_other_images(full, out)
+    with images.Pages(full, plan.pages_id) as pages:
+        images.write_memory(out, plan.pid, plan.pages_id,
+                            [(r.addr, r.len, r.flags, pages.view[r.src : r.src + r.len]) for r in plan.rest])
+
+
+def take(name: str, function: str, mhd: str = "mhd0", warm: dict[str, Any] | None = None,
+         env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Start `function` cold, warm it (initialisation + a first request), checkpoint it with CRIU
+    and publish it as a template in the store of `mhd`."""
+    check_name(name)
+    warm = warm if warm is not None else {}
+    tmp = SNAP_DIR / f".take-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "full").mkdir(parents=True)
+    try:
+        marks: dict[str, float] = {}
+        inst: Instance = start_cold(function, env)
+        try:
+            reply, marks["warm_s"] = inst.invoke(warm)
+            if not reply.get("ok"):
+                raise RuntimeError(f"{function}: the warm-up request failed: {reply.get('error')}")
+            pipes = _pipe_keys(inst.pid)
+            t0 = time.monotonic()
+            res = subprocess.run(["criu", "dump", "-t", str(inst.pid), "-D", str(tmp / "full"), "-o", "dump.log", "-v2"],
+                                 stdin=subprocess.DEVNULL, capture_output=True)
+            marks["dump_s"] = time.monotonic() - t0
+            if res.returncode != 0:
+                log = (tmp / "full" / "dump.log").read_text(errors="replace").splitlines()
+                raise RuntimeError("criu dump failed: " + " | ".join([ln for ln in log if "Error" in ln][-3:] or log[-3:]))
+        finally:
+            inst.stop()
+        plan = images.plan(tmp / "full")
+        _stripped_from(tmp / "full", tmp / "stripped", plan)
+        layout = {"format": FORMAT, "function": function, "env": env or {}, "warm": {"event": warm, "result": reply["result"]},
+                  "mhd": mhd, "pipes": pipes, "pid": plan.pid, "pages_id": plan.pages_id,
+                  "areas": [a.to_json() for a in plan.areas]}
+        t0 = time.monotonic()
+        with images.Pages(tmp / "full", plan.pages_id) as pages, store_cli.open_store(mhd) as st:
+            memory = [pages.view[s : s + a.len] for a, s in zip(plan.areas, plan.srcs, strict=True)]
+            rec = st.publish(name, [memory, _tar(tmp / "stripped"), json.dumps(layout).encode()],
+                             {"kind": "snapshot", "format": FORMAT, "function": function,
+                              "template_bytes": plan.template_bytes, "areas": len(plan.areas),
+                              "criu_bytes": sum(r.len for r in plan.rest)})
+            del memory
+        marks["publish_s"] = time.monotonic() - t0
+        final = SNAP_DIR / _key(rec)
+        shutil.rmtree(final, ignore_errors=True)
+        (tmp / "full" / ".complete").write_text("ok\n")
+        tmp.rename(final)
+        local = _register(rec, final, layout)
+        return {"name": name, "head": rec.head, "seq": rec.seq, "function": function, "mmt": local.mmt_name,
+                "areas": len(plan.areas), "template_bytes": plan.template_bytes,
+                "criu_bytes": sum(r.len for r in plan.rest), "timings": marks, "warm_result": reply["result"]}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _register(rec: Record, d: Path, layout: dict[str, Any]) -> Local:
+    base = rec.extents[MEMORY]["off"]
+    areas = [mmt.Area(a["addr"], a["len"], base + a["off"], a["prot"]) for a in layout["areas"]]
+    name = mmt_name(rec)
+    if areas:
+        mmt.ensure(name, os.path.realpath(device_path(str(layout.get("mhd", "mhd0")))), areas)
+    (d / "stripped" / "cxltb-mmt.conf").write_text(f"template {name}\n" if areas else "# no template areas\n")
+    (d / "layout.json").write_text(json.dumps(layout))
+    return Local(rec.name, d, layout, name, base)
+
+
+def prepare(name: str, mhd: str = "mhd0", full: bool = False) -> Local:
+    """This node's copy of snapshot `name`: image set unpacked, mm-template registered; with
+    `full`, also the full image set (pages read from the store once and kept on local disk)."""
+    with store_cli.open_store(mhd) as st:
+        rec = st.find(name)
+        d = SNAP_DIR / _key(rec)
+        if (d / "layout.json").exists():
+            layout = json.loads((d / "layout.json").read_text())
+        else:
+            layout = json.loads(st.read_extent(rec.extents[LAYOUT]))
+            if layout.get("format") != FORMAT:
+                raise ValueError(f"snapshot {name}: layout format {layout.get('format')}, this agent reads {FORMAT}")
+            tmp = SNAP_DIR / f".prep-{_key(rec)}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            (tmp / "stripped").mkdir(parents=True)
+            _untar(st.read_extent(rec.extents[IMAGES]), tmp / "stripped")
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(d)
+            tmp.rename(d)
+        local = _register(rec, d, layout)
+        if full and not (local.full / ".complete").exists():
+            _full_from_store(st.read_extent(rec.extents[MEMORY]) if layout["areas"] else b"", local)
+    return local
+
+
+def _full_from_store(memory: bytes, local: Local) -> None:
+    lay = local.layout
+    out = local.full
+    shutil.rmtree(out, ignore_errors=True)
+    images.link_other_images(local.stripped, out)
+    pid, pages_id = int(lay["pid"]), int(lay["pages_id"])
+    _, rest = images.runs(local.stripped, pid)
+    view = memoryview(memory)
+    with images.Pages(local.stripped, pages_id) as pages:
+        pieces: list[tuple[int, int, int, bytes | memoryview]] = [
+            (r.addr, r.len, r.flags, pages.view[r.src : r.src + r.len]) for r in rest]
+        pieces += [(a["addr"], a["len"], a["flags"], view[a["off"] : a["off"] + a["len"]]) for a in lay["areas"]]
+        images.write_memory(out, pid, pages_id, pieces)
+        del pieces  # the views must go before the mapping under them is closed
+    view.release()
+    (out / ".complete").write_text("ok\n")
