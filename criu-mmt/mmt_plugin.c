@@ -10,8 +10,9 @@
  * system calls inside the task (compel, exported by the criu binary) to unmap the empty
  * ranges and MMT_IOC_ATTACH the template in their place, copy-on-write on the CXL pages.
  *
- * The image directory holds `cxltb-mmt.conf`: "template NAME" and optionally "populate".
- * Without it the plugin does nothing. Any failure kills the task: a restored process
+ * The image directory holds `cxltb-mmt.conf`: "template NAME" and optionally "populate"
+ * (also asked for per restore by CXLTB_MMT_POPULATE=1 in criu's environment: map every page
+ * at attach instead of on first touch). Without the file the plugin does nothing. Any failure kills the task: a restored process
  * whose memory is missing must never run.
  */
 #define _GNU_SOURCE
@@ -77,6 +78,8 @@ static int read_conf(void)
 		}
 	}
 	fclose(f);
+	if (getenv("CXLTB_MMT_POPULATE") && !strcmp(getenv("CXLTB_MMT_POPULATE"), "1"))
+		populate = 1;
 	if (!tmpl_name[0]) {
 		pr_err(LOG_PREFIX "%s names no template\n", CONF_NAME);
 		return -1;

@@ -33,6 +33,7 @@ OPS: dict[str, Callable[..., Any]] = {
     "snap.take": snap_cli.op_take,
     "snap.prepare": snap_cli.op_prepare,
     "snap.run": snap_cli.op_run,
+    "snap.dedup": snap_cli.op_dedup,
 }
 
 

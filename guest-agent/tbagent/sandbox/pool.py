@@ -196,7 +196,9 @@ class Pool:
         return self._layers[function]
 
     def acquire(self, function: str, env: dict[str, str] | None = None, on_exhausted: str | None = None,
-                timeout: float | None = None, start: dict[str, Any] | None = None) -> Lease:
+                timeout: float | None = None, start: dict[str, Any] | None = None, fresh: bool = False) -> Lease:
+        """A sandbox repurposed for `function`; `fresh`: one created from scratch even if some are
+        idle (the baseline: a new sandbox per instance)."""
         spec = function_spec(function)
         lowers = self.lowers(function) if self._make_fn is None else None
         policy = on_exhausted or self.cfg.on_exhausted
@@ -208,7 +210,11 @@ class Pool:
         t0 = time.monotonic()
         fresh = False
         with self._cond:
-            if not self._idle and policy == "fallback" and self._total < self.cfg.max_size:
+            if fresh:
+                if self._total >= self.cfg.max_size:
+                    raise Exhausted(f"pool at its maximum of {self.cfg.max_size} sandboxes")
+                self._total += 1
+            elif not self._idle and policy == "fallback" and self._total < self.cfg.max_size:
                 self._total += 1
                 fresh = True
             elif not self._idle:

@@ -16,7 +16,9 @@ the sandbox destroyed instead of reused.
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -49,6 +51,17 @@ def cleanup_plan(skip: Iterable[str] = ()) -> list[str]:
     if unknown:
         raise ValueError(f"unknown cleanup step(s) {sorted(unknown)}; steps: {', '.join(CLEANUP_STEPS)}")
     return [s for s in CLEANUP_STEPS if s not in skip]
+
+
+def _real_pid(zpid: int, ns_pid: int) -> int:
+    """The node-wide PID of a child of the sandbox init known by its PID in the sandbox."""
+    with open(f"/proc/{zpid}/task/{zpid}/children") as fh:
+        for kid in fh.read().split():
+            with open(f"/proc/{kid}/status") as st:
+                nspid = next(ln.split()[1:] for ln in st if ln.startswith("NSpid:"))
+            if len(nspid) > 1 and int(nspid[1]) == ns_pid:
+                return int(kid)
+    return 0
 
 
 def describe_status(status: int | None) -> str | None:
@@ -138,6 +151,8 @@ class Sandbox:
         self.function: str | None = None
         self.fsock: socket.socket | None = None
         self.fpid = 0
+        self.fpipes: tuple[int, int] | None = None  # a restored process's request and reply pipes
+        self.real_fpid = 0
         self.mounts_baseline: list[str] = []
         self.limits = DEFAULT_LIMITS  # what fn-ID has now
         self.env = dict(zygote.BASE_ENV)  # the sandbox's environment: a function's is added on repurpose
@@ -218,11 +233,14 @@ class Sandbox:
                         raise
         else:
             proto.send(self.ctl, {"op": "start", "hook": hook, **msg, **dict(start or {})})
-            reply, fds = proto.recv_fds(self.ctl, 1, TIMEOUT)
-            if not reply.get("ok") or len(fds) != 1:
+            want = 2 if hook == "restore" else 1
+            reply, fds = proto.recv_fds(self.ctl, want, TIMEOUT)
+            if not reply.get("ok") or len(fds) != want:
                 for fd in fds:
                     os.close(fd)
                 raise OSError(f"start hook {hook!r} in {self.name}: {reply.get('error')}")
+            if hook == "restore":
+                return self._restored(spec, int(reply["pid"]), fds, t0, t1)
             self.fpid, self.fsock = int(reply["pid"]), socket.socket(fileno=fds[0])
         self.function = spec.name
         chan = self.fsock
@@ -245,7 +263,42 @@ class Sandbox:
                 "process": (t2 - t1) - rootfs, "ready_sandbox": t2 - t0, "function_init": float(ready["init_s"]),
                 "ready_function": t3 - t0, "started_at": marks["started"]}
 
+    def _restored(self, spec: FunctionSpec, pid: int, fds: list[int], t0: float, t1: float) -> dict[str, Any]:
+        """A process restored by the "restore" hook: JSON lines over pipes (tbagent.snap.fnserver)."""
+        t2 = time.monotonic()
+        self.fpid, self.fpipes, self.function = pid, (fds[0], fds[1]), spec.name
+        self.real_fpid = _real_pid(self.zpid, pid)
+        ping = self._pipe_call({"op": "ping"}, TIMEOUT)
+        if not ping.get("ok"):
+            raise OSError(f"restored {spec.name} in {self.name} does not answer: {ping.get('error')}")
+        t3 = time.monotonic()
+        return {"namespaces": 0.0, "network": 0.0, "cgroup": t1 - t0, "restore": t2 - t1, "ready_sandbox": t2 - t0,
+                "ready_function": t3 - t0, "function_pid": self.real_fpid}
+
+    def _pipe_call(self, req: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        assert self.fpipes is not None
+        wfd, rfd = self.fpipes
+        try:
+            os.write(wfd, json.dumps(req).encode() + b"\n")
+            line = b""
+            while not line.endswith(b"\n"):
+                if not select.select([rfd], [], [], timeout)[0]:
+                    return {"ok": False, "error": f"no answer within {timeout}s"}
+                chunk = os.read(rfd, 1 << 16)
+                if not chunk:
+                    return {"ok": False, "crashed": True, "error": "function process died"}
+                line += chunk
+        except BrokenPipeError:
+            return {"ok": False, "crashed": True, "error": "function process died"}
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
     def invoke(self, event: dict[str, Any], timeout: float | None = TIMEOUT) -> dict[str, Any]:
+        if self.fpipes is not None:
+            t0 = time.monotonic()
+            reply = self._pipe_call({"op": "invoke", "event": event}, timeout)
+            reply["invoke_s"] = time.monotonic() - t0
+            return reply
         if self.fsock is None:
             raise OSError(f"{self.name} runs no function")
         t0 = time.monotonic()
@@ -269,7 +322,9 @@ class Sandbox:
         for s in (self.fsock, self.spare[1] if self.spare else None):
             if s is not None:  # an unused spare (a start hook ran instead) goes with the kill too
                 s.close()
-        self.fsock = self.spare = None
+        for fd in self.fpipes or ():
+            os.close(fd)
+        self.fsock = self.spare = self.fpipes = None
         if "kill" in steps:
             t0 = time.monotonic()
             try:
@@ -338,7 +393,9 @@ class Sandbox:
         for s in (self.fsock, self.ctl, self.spare[1] if self.spare else None):
             if s is not None:
                 s.close()
-        self.fsock = self.ctl = None
+        for fd in self.fpipes or ():
+            os.close(fd)
+        self.fsock = self.ctl = self.fpipes = None
         self.spare = None
         for g in (self.zgroup, self.fgroup):
             try:

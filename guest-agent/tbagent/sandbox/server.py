@@ -39,7 +39,7 @@ def dispatch(pool: Pool, req: dict[str, Any], owned: set[str], stop: threading.E
         return pool.status()
     if op == "acquire":
         lease = pool.acquire(str(req["function"]), req.get("env"), req.get("on_exhausted"), req.get("timeout"),
-                             req.get("start"))
+                             req.get("start"), bool(req.get("fresh", False)))
         owned.add(lease.id)
         return _lease_reply(lease)
     if op == "invoke":

@@ -26,6 +26,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 from tbagent.sandbox import linux, net, paths, proto, runner
@@ -53,7 +54,7 @@ def mountpoints() -> list[str]:
 # process on demand. The seam for TrEnv's combined path (issue part 5) is a hook here that
 # restores a template-mode snapshot into the prepared rootfs, cgroup and namespaces instead.
 
-StartHook = Callable[["Zygote", dict[str, Any]], tuple[int, int]]
+StartHook = Callable[["Zygote", dict[str, Any]], tuple[list[int], int]]
 
 
 def mount_rootfs(overlay: str) -> None:
@@ -82,14 +83,76 @@ def _warm_up() -> None:
         pass
 
 
-def start_fork(z: Zygote, msg: dict[str, Any]) -> tuple[int, int]:
+def start_fork(z: Zygote, msg: dict[str, Any]) -> tuple[list[int], int]:
     """Hook "fork": a process made now (the slow path: fork and cgroup migration included)."""
     pid, ours = z.fork_spare()
     proto.send(ours, {"overlay": msg["overlay"], "env": msg["env"], "go": time.monotonic()})
-    return ours.detach(), pid
+    return [ours.detach()], pid
 
 
-START_HOOKS: dict[str, StartHook] = {"fork": start_fork}
+CRIU_WORK = "/tmp/.cxltb-criu"  # in the function's rootfs (its fresh upper directory)
+
+
+def start_restore(z: Zygote, msg: dict[str, Any]) -> tuple[list[int], int]:
+    """Hook "restore", TrEnv's start path: the function's process is restored from a snapshot
+    (tbagent.snap) by CRIU run inside this sandbox: in its fn cgroup, its namespaces (the
+    restored process is PID 1 of a PID namespace nested in this one) and the function's rootfs.
+    `images` is the image set's path in the stage (under /store); for a template-mode image set
+    the cxltb_mmt plugin attaches the mm-template. Returns the pipes to the process (requests
+    in, replies out) and its PID here; it is this init's child (--restore-sibling)."""
+    ri, wi = os.pipe()
+    ro, wo = os.pipe()
+    pipes = dict(msg["pipes"])
+    argv = ["criu", "restore", "-D", f"/proc/1/root{msg['images']}", "-W", CRIU_WORK, "--restore-detached",
+            "--restore-sibling", "--manage-cgroups=ignore", "--pidfile", f"{CRIU_WORK}/pid", "-o", "restore.log",
+            "-v2", "--inherit-fd", f"fd[{ri}]:{pipes['in']}", "--inherit-fd", f"fd[{wo}]:{pipes['out']}"]
+    if msg.get("plugin"):
+        argv += ["--libdir", str(msg["plugin"])]
+    env = {**BASE_ENV, **({"CXLTB_MMT_POPULATE": "1"} if msg.get("populate") else {})}
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(wi)
+            os.close(ro)
+            z.ctl.close()
+            fd = os.open(f"{paths.IN_CGROUP}/{z.fn_cgroup}/cgroup.procs", os.O_WRONLY)
+            os.write(fd, b"0")
+            os.close(fd)
+            mount_rootfs(str(msg["overlay"]))
+            os.chroot(paths.IN_ROOT)
+            os.chdir("/")
+            os.makedirs(CRIU_WORK, exist_ok=True)
+            os.set_inheritable(ri, True)
+            os.set_inheritable(wo, True)
+            os.execvpe("criu", argv, env)  # noqa: S606 - argv list, no shell
+        except BaseException:
+            traceback.print_exc()
+        os._exit(127)
+    os.close(ri)
+    os.close(wo)
+    status = z.wait_child(child)
+    try:
+        if status != 0:
+            raise OSError(f"criu restore exited with {status}: {_log_tail(paths.IN_ROOT + CRIU_WORK + '/restore.log')}")
+        with open(f"{paths.IN_ROOT}{CRIU_WORK}/pid") as fh:
+            pid = int(fh.read())
+    except BaseException:
+        os.close(wi)
+        os.close(ro)
+        raise
+    return [wi, ro], pid
+
+
+def _log_tail(path: str) -> str:
+    try:
+        with open(path, errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return "no restore.log"
+    return " | ".join(([ln for ln in lines if "Error" in ln or "cxltb_mmt" in ln] or lines)[-3:])
+
+
+START_HOOKS: dict[str, StartHook] = {"fork": start_fork, "restore": start_restore}
 
 
 class Zygote:
@@ -151,6 +214,10 @@ class Zygote:
         for name, (major, minor) in DEVICES.items():
             os.mknod(f"{st}/dev/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor))
             os.chmod(f"{st}/dev/{name}", 0o666)  # noqa: S103 - device nodes like /dev/null
+        mmt = Path("/sys/class/misc/mm_template/dev")
+        if mmt.exists():  # template restores attach from inside the sandbox (root only)
+            major, minor = (int(x) for x in mmt.read_text().split(":"))
+            os.mknod(f"{st}/dev/mm_template", 0o600 | stat.S_IFCHR, os.makedev(major, minor))
         for i, name in enumerate(("stdin", "stdout", "stderr")):
             os.symlink(f"/proc/self/fd/{i}", f"{st}/dev/{name}")
         os.symlink("/proc/self/fd", f"{st}/dev/fd")
@@ -179,8 +246,15 @@ class Zygote:
         return {"pid": pid, "spare_s": time.monotonic() - t0}, [ours.detach()]
 
     def op_start(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
-        fd, pid = START_HOOKS[str(msg["hook"])](self, msg)
-        return {"pid": pid}, [fd]
+        fds, pid = START_HOOKS[str(msg["hook"])](self, msg)
+        return {"pid": pid}, fds
+
+    def wait_child(self, pid: int) -> int:
+        """Exit status of a child of this init, which the SIGCHLD handler may have reaped first."""
+        try:
+            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        except ChildProcessError:
+            return os.waitstatus_to_exitcode(self.exits.pop(pid))
 
     def fork_spare(self) -> tuple[int, socket.socket]:
         ours, theirs = proto.pair()

@@ -45,8 +45,14 @@ def op_prepare(name: str, mhd: str = "mhd0", full: bool = False) -> dict[str, An
 
 
 def op_run(name: str, mode: str, count: int = 1, event: dict[str, Any] | None = None, requests: int = 1,
-           populate: bool = False, mhd: str = "mhd0") -> list[dict[str, Any]]:
-    return list(runs.run(name, Mode(mode), count, event, requests, populate, mhd))
+           populate: bool = False, mhd: str = "mhd0", replay_warm: bool = False,
+           sandbox: str | None = None) -> list[dict[str, Any]]:
+    return list(runs.run(name, Mode(mode), count, event, requests, populate, mhd, replay_warm, sandbox))
+
+
+def op_dedup(name: str, mode: str, count: int = 1, event: dict[str, Any] | None = None,
+             mhd: str = "mhd0") -> dict[str, Any]:
+    return runs.dedup(name, Mode(mode), count, event, mhd)
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -56,8 +62,11 @@ def _cmd(args: argparse.Namespace) -> int:
         elif args.snap == "prepare":
             _print(op_prepare(args.name, args.mhd, args.full))
         elif args.snap == "run":
-            for rec in runs.run(args.name, Mode(args.mode), args.count, args.event, args.requests, args.populate, args.mhd):
+            for rec in runs.run(args.name, Mode(args.mode), args.count, args.event, args.requests, args.populate, args.mhd,
+                                args.replay_warm, args.sandbox):
                 _print(rec)
+        elif args.snap == "dedup":
+            _print(op_dedup(args.name, args.mode, args.count, args.event, args.mhd))
         elif args.snap == "frames":
             _print(runs.frames(args.name, args.mhd))
     except (InstanceError, RuntimeError) as exc:
@@ -84,8 +93,17 @@ def register(sub: Any) -> None:
     run.add_argument("--event", type=_json_arg, default=None, help="request event (default: the warm-up's)")
     run.add_argument("--requests", type=int, default=1)
     run.add_argument("--populate", action="store_true", help="template: map every page at attach")
+    run.add_argument("--sandbox", choices=["pool", "fresh"], default=None,
+                     help="restore inside a sandbox of the pool daemon: repurposed (pool) or made for it (fresh)")
+    run.add_argument("--replay-warm", action="store_true",
+                     help="cold: answer the snapshot's warm-up request first (unmeasured), to compare results")
+    dd = s.add_parser("dedup", help="count identical private pages over N instances (JSON)")
+    dd.add_argument("name")
+    dd.add_argument("--mode", choices=[m.value for m in Mode], required=True)
+    dd.add_argument("--count", type=int, default=1)
+    dd.add_argument("--event", type=_json_arg, default=None)
     fr = s.add_parser("frames", help="which CXL pages back a template instance (device offsets)")
     fr.add_argument("name")
-    for q in (take, prep, run, fr):
+    for q in (take, prep, run, dd, fr):
         q.add_argument("--mhd", default="mhd0")
     p.set_defaults(fn=_cmd)

@@ -76,6 +76,35 @@ def frame_map(pid: int, start: int, end: int) -> dict[int, int]:
     return {start + i * PAGE: e & PFN_MASK for i, (e,) in enumerate(struct.iter_unpack("<Q", raw)) if e & PM_PRESENT}
 
 
+PM_FILE = 1 << 61
+SPECIAL = ("[vsyscall]", "[vvar]", "[vdso]")
+
+
+def private_pages(pid: int, cxl: tuple[int, int] | None) -> tuple[dict[int, bytes], set[int]]:
+    """The instance's private memory by physical page: ({local frame: its content}, {CXL frames}).
+    Page-cache pages (file or shared) are left out: they are shared by the kernel already."""
+    local: dict[int, bytes] = {}
+    shared: set[int] = set()
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for v in smaps(pid):
+            if v.path in SPECIAL:
+                continue
+            on_cxl = is_cxl(v)
+            with open(f"/proc/{pid}/pagemap", "rb") as fh:
+                fh.seek(v.start // PAGE * 8)
+                raw = fh.read((v.end - v.start) // PAGE * 8)
+            for i, (e,) in enumerate(struct.iter_unpack("<Q", raw)):
+                if not e & PM_PRESENT:
+                    continue
+                pfn = e & PFN_MASK
+                if on_cxl and cxl is not None and cxl[0] <= pfn * PAGE < cxl[1]:
+                    shared.add(pfn)
+                elif not e & PM_FILE and pfn not in local:
+                    mem.seek(v.start + i * PAGE)
+                    local[pfn] = mem.read(PAGE)
+    return local, shared
+
+
 def faults(pid: int) -> dict[str, int]:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()

@@ -9,7 +9,8 @@ from typing import Any
 
 from tbagent import info
 from tbagent.snap import metrics, mmt
-from tbagent.snap.instance import Instance, Mode, start_cold, start_restore
+from tbagent.snap.instance import Instance, InstanceError, Mode, start_cold, start_restore
+from tbagent.snap.sandboxed import Placement, SandboxedInstance, start_in_sandbox
 from tbagent.snap.snapshot import Local, prepare
 
 
@@ -20,7 +21,10 @@ def cxl_range(mhd: str) -> tuple[int, int] | None:
     return None
 
 
-def start(local: Local, mode: Mode, populate: bool = False) -> Instance:
+def start(local: Local, mode: Mode, populate: bool = False, sandbox: str | None = None) -> Instance | SandboxedInstance:
+    if sandbox is not None:
+        imgdir = local.stripped if mode is Mode.TEMPLATE else local.full
+        return start_in_sandbox(mode, Placement(sandbox), local.function, imgdir, local.pipes, populate)
     if mode is Mode.COLD:
         return start_cold(local.function, local.layout.get("env") or None)
     imgdir = local.stripped if mode is Mode.TEMPLATE else local.full
@@ -32,22 +36,28 @@ def _ms(s: float) -> float:
 
 
 def run(snapshot: str, mode: Mode, count: int = 1, event: dict[str, Any] | None = None, requests: int = 1,
-        populate: bool = False, mhd: str = "mhd0") -> Iterator[dict[str, Any]]:
+        populate: bool = False, mhd: str = "mhd0", replay_warm: bool = False,
+        sandbox: str | None = None) -> Iterator[dict[str, Any]]:
     """Start `count` instances one after the other and keep them all alive; yield one record per
-    instance (after its first `requests` requests), then a summary with every instance alive."""
+    instance (after its first `requests` requests), then a summary with every instance alive.
+    `replay_warm`: a cold instance first answers the snapshot's warm-up request (not measured), so
+    its state is the snapshot's: what a restored instance's answers are checked against.
+    `sandbox`: restore inside a sandbox of the pool daemon, "pool" (repurposed) or "fresh"."""
     local = prepare(snapshot, mhd, full=mode in (Mode.CRIU, Mode.LAZY))
     event = event if event is not None else dict(local.layout["warm"]["event"])
     rng = cxl_range(mhd)
-    live: list[Instance] = []
+    live: list[Instance | SandboxedInstance] = []
     node0 = metrics.node_memory()
     tinfo0 = mmt.info(local.mmt_name) if mode is Mode.TEMPLATE and local.layout["areas"] else None
     with contextlib.ExitStack() as stack:
         for i in range(count):
             before = metrics.node_memory()
-            inst = start(local, mode, populate)
+            inst = start(local, mode, populate, sandbox)
             stack.callback(inst.stop)
             live.append(inst)
             startup = inst.marks["ready"] - inst.marks["start"]
+            if replay_warm and mode is Mode.COLD:
+                inst.invoke(dict(local.layout["warm"]["event"]))
             reply, first = inst.invoke(event)
             lat = [first]
             for _ in range(requests - 1):
@@ -62,7 +72,9 @@ def run(snapshot: str, mode: Mode, count: int = 1, event: dict[str, Any] | None 
                 "faults": metrics.faults(inst.pid), "memory": metrics.instance_memory(inst.pid, rng),
                 "node_before": before, "node_after": metrics.node_memory(),
             }
-            for k in ("restore_s", "init_s"):
+            if sandbox is not None:
+                rec["sandbox"] = sandbox
+            for k in ("restore_s", "init_s", "sandbox_create_s"):
                 if k in inst.marks:
                     rec[k.replace("_s", "_ms")] = _ms(inst.marks[k])
             yield rec
@@ -70,6 +82,7 @@ def run(snapshot: str, mode: Mode, count: int = 1, event: dict[str, Any] | None 
         node1 = metrics.node_memory()
         summary: dict[str, Any] = {
             "summary": True, "snapshot": snapshot, "function": local.function, "mode": str(mode), "instances": count,
+            "sandbox": sandbox,
             "node_before": node0, "node_after": node1,
             "node_used_delta_kib": node1["used_kib"] - node0["used_kib"],
             "local_kib_per_instance": round((node1["used_kib"] - node0["used_kib"]) / max(count, 1), 1),
@@ -81,6 +94,35 @@ def run(snapshot: str, mode: Mode, count: int = 1, event: dict[str, Any] | None 
             summary["template"] = {"nr_vmas": t1.nr_vmas, "shared_maps": t1.shared_maps - tinfo0.shared_maps,
                                    "cow_copies": t1.cow_copies - tinfo0.cow_copies}
         yield summary
+
+
+def dedup(snapshot: str, mode: Mode, count: int, event: dict[str, Any] | None = None,
+          mhd: str = "mhd0") -> dict[str, Any]:
+    """Identical pages: `count` instances alive in `mode`, each after one request; their private
+    pages counted by physical frame (a frame shared by the kernel counts once), and the local ones
+    by content. `hashes` (one per local frame) lets pages on several nodes be counted together."""
+    local = prepare(snapshot, mhd, full=mode in (Mode.CRIU, Mode.LAZY))
+    rng = cxl_range(mhd)
+    event = event if event is not None else dict(local.layout["warm"]["event"])
+    pages: dict[int, bytes] = {}
+    cxl: set[int] = set()
+    with contextlib.ExitStack() as stack:
+        live: list[Instance | SandboxedInstance] = []
+        for _ in range(count):
+            live.append(start(local, mode))
+            stack.callback(live[-1].stop)
+        for inst in live:
+            reply, _t = inst.invoke(event)
+            if not reply.get("ok"):
+                raise InstanceError(f"{snapshot} {mode}: {reply.get('error')}")
+        for inst in live:
+            got, shared = metrics.private_pages(inst.pid, rng)
+            pages.update(got)
+            cxl |= shared
+    digests = sorted(hashlib.blake2b(p, digest_size=8).hexdigest() for p in pages.values())
+    return {"snapshot": snapshot, "mode": str(mode), "instances": count, "local_pages": len(pages),
+            "unique_local": len(set(digests)), "cxl_pages": len(cxl),
+            "pages": len(pages) + len(cxl), "hashes": digests}
 
 
 def frames(snapshot: str, mhd: str = "mhd0") -> dict[str, Any]:

@@ -25,12 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from tbagent.dax import device_path
+from tbagent.sandbox import paths as sbx_paths
 from tbagent.snap import images, mmt
 from tbagent.snap.instance import Instance, start_cold
 from tbagent.store import cli as store_cli
 from tbagent.store.core import Record
 
-SNAP_DIR = Path(os.environ.get("CXLTB_SNAP_DIR", "/var/lib/tbagent/snap"))
+# In the sandbox layer store, which every sandbox sees read-only at /store: restores into
+# sandboxes read the image sets from there.
+SNAP_DIR = Path(os.environ.get("CXLTB_SNAP_DIR", str(sbx_paths.STORE / "snapshots")))
 FORMAT = 1
 MEMORY, IMAGES, LAYOUT = 0, 1, 2
 

@@ -1,0 +1,133 @@
+"""Restore benchmark: for each workload and mode, startup latency (median, P99) and local memory
+per instance at 1, 4 and 16 instances alive, in one run. Snapshots are taken on node0 into the
+shared CXL store and restored on node1. Brings up its own testbed (`rstbench`, from
+testbeds/two-node-large.yaml) and tears it down.
+
+    python bench/restore.py [--counts 1,4,16] [--workloads hello,...,heap] [--heap-mib 256]
+
+startup = request received by the agent -> instance ready (answers a ping: for restores that is
+after `criu restore` returned and the process runs; for cold, after the function's
+initialisation). The request each instance then answers touches a small part of the function's
+memory (the heap function reads `--touch-pct` of its pages), as a short invocation would; the
+local memory per instance is the node's used memory (MemTotal - MemAvailable) growth over all
+instances alive, divided by their number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from testbed import names, provision, remote
+from testbed.pytest_plugin import renamed_topology
+from testbed.topology import host_facts, load
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "rstbench"
+MODES = ("cold", "criu", "lazy", "template")
+EVENTS: dict[str, dict[str, Any]] = {
+    "hello": {"name": "bench"},
+    "jsonrt": {"items": 200},
+    "imgresize": {"w": 160, "h": 120},
+    "matmul": {"n": 64},
+    "inference": {"batch": 8},
+    "compress": {"kib": 256},
+    "heap": {"touch_pct": 1, "write_ratio": 0.5, "seed": 1},
+}
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
+
+
+def run_json(node: remote.GuestNode, argv: list[str]) -> list[dict[str, Any]]:
+    r = node.run(argv, timeout=7200)
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def measure(node: remote.GuestNode, fn: str, counts: list[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for mode in MODES:
+        per: dict[str, Any] = {"startup_ms": [], "counts": {}}
+        for n in counts:
+            recs = run_json(node, ["tbagent", "snap", "run", fn, "--mode", mode, "--count", str(n),
+                                   "--event", json.dumps(EVENTS[fn])])
+            inst, summary = recs[:-1], recs[-1]
+            bad = [r for r in inst if not r["ok"]]
+            if bad:
+                raise SystemExit(f"{fn} {mode}: {bad[0]['error']}")
+            starts = [r["startup_ms"] for r in inst]
+            per["startup_ms"] += starts
+            per["counts"][n] = {"startup_median_ms": statistics.median(starts),
+                                "first_request_median_ms": statistics.median(r["first_request_ms"] for r in inst),
+                                "local_kib_per_instance": summary["local_kib_per_instance"],
+                                "pss_local_kib_per_instance": summary["pss_local_kib"] / n,
+                                "rss_cxl_kib_per_instance": summary["rss_cxl_kib"] / n}
+        per["startup_median_ms"] = statistics.median(per["startup_ms"])
+        per["startup_p99_ms"] = pct(per["startup_ms"], 99)
+        out[mode] = per
+    return out
+
+
+def report(data: dict[str, Any], counts: list[int]) -> None:
+    print("\n| workload | mode | n | startup median (ms) | startup P99 (ms) | "
+          + " | ".join(f"local MiB/inst @{n}" for n in counts) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(counts))
+    for fn, modes in data["workloads"].items():
+        for mode, d in modes.items():
+            mem = " | ".join(f"{d['counts'][str(n)]['local_kib_per_instance'] / 1024:.1f}" for n in counts)
+            print(f"| {fn} | {mode} | {len(d['startup_ms'])} | {d['startup_median_ms']:.1f} | {d['startup_p99_ms']:.1f} | {mem} |")
+    top = str(max(counts))
+    print("\n| workload | P99 criu/template | P99 lazy/template | local memory saved vs criu @" + top + " |")
+    print("|---|---|---|---|")
+    for fn, m in data["workloads"].items():
+        t, c, lz = m["template"], m["criu"], m["lazy"]
+        saved = 1 - t["counts"][top]["local_kib_per_instance"] / c["counts"][top]["local_kib_per_instance"]
+        print(f"| {fn} | {c['startup_p99_ms'] / t['startup_p99_ms']:.2f}x | {lz['startup_p99_ms'] / t['startup_p99_ms']:.2f}x "
+              f"| {saved:.0%} |")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--counts", default="1,4,16")
+    ap.add_argument("--workloads", default=",".join(EVENTS))
+    ap.add_argument("--heap-mib", type=int, default=256)
+    ap.add_argument("--touch-pct", type=float, default=1.0, help="heap pages each request reads")
+    ap.add_argument("--json", type=Path, help="also save the raw figures here")
+    args = ap.parse_args()
+    counts = [int(c) for c in args.counts.split(",")]
+    EVENTS["heap"]["touch_pct"] = args.touch_pct
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    data: dict[str, Any] = {"heap_mib": args.heap_mib, "counts": counts, "workloads": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        topo = load(renamed_topology(REPO / "testbeds" / "two-node-large.yaml", NAME, Path(tmp)), host_facts())
+        try:
+            state, _ = provision.up(topo)
+            lay = names.Layout(topo.name)
+            with remote.guest("node0", provision.endpoint(lay, state.nodes["node0"])) as n0, \
+                    remote.guest("node1", provision.endpoint(lay, state.nodes["node1"])) as n1:
+                n0.run(["tbagent", "store", "format", "mhd0"])
+                for fn in args.workloads.split(","):
+                    argv = ["tbagent", "snap", "take", fn, fn, "--warm", json.dumps(EVENTS[fn])]
+                    if fn == "heap":
+                        argv += ["--env", f"HEAP_MIB={args.heap_mib}"]
+                    data.setdefault("snapshots", {})[fn] = run_json(n0, argv)[0]
+                    data["workloads"][fn] = measure(n1, fn, counts)
+                    data["workloads"][fn] = json.loads(json.dumps(data["workloads"][fn]))  # int keys -> str
+                    print(f"{fn}: done", flush=True)
+        finally:
+            provision.down(topo.name)
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=1))
+    report(data, counts)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
