@@ -4,6 +4,7 @@ shared CXL store and restored on node1. Brings up its own testbed (`rstbench`, f
 testbeds/two-node-large.yaml) and tears it down.
 
     python bench/restore.py [--counts 1,4,16] [--workloads hello,...,heap] [--heap-mib 256]
+                            [--sandbox-workloads hello,heap] [--sandbox-runs 20]
 
 startup = request received by the agent -> instance ready (answers a ping: for restores that is
 after `criu restore` returned and the process runs; for cold, after the function's
@@ -75,6 +76,25 @@ def measure(node: remote.GuestNode, fn: str, counts: list[int]) -> dict[str, Any
     return out
 
 
+def measure_sandboxed(node: remote.GuestNode, fn: str, runs: int) -> dict[str, Any]:
+    """TrEnv's full path (template restore into a repurposed sandbox) against CRIU restores into
+    sandboxes made for them, one instance at a time."""
+    out: dict[str, Any] = {}
+    for mode, placement in (("template", "pool"), ("criu", "fresh")):
+        starts, e2e = [], []
+        for _ in range(runs):
+            rec = run_json(node, ["tbagent", "snap", "run", fn, "--mode", mode, "--sandbox", placement,
+                                  "--event", json.dumps(EVENTS[fn])])[0]
+            if not rec["ok"]:
+                raise SystemExit(f"{fn} {mode} in a {placement} sandbox: {rec['error']}")
+            starts.append(rec["startup_ms"])
+            e2e.append(rec["e2e_ms"])
+        out[f"{mode}+{placement}"] = {"n": runs, "startup_median_ms": statistics.median(starts),
+                                      "startup_p99_ms": pct(starts, 99), "e2e_median_ms": statistics.median(e2e),
+                                      "e2e_p99_ms": pct(e2e, 99)}
+    return out
+
+
 def report(data: dict[str, Any], counts: list[int]) -> None:
     print("\n| workload | mode | n | startup median (ms) | startup P99 (ms) | "
           + " | ".join(f"local MiB/inst @{n}" for n in counts) + " |")
@@ -91,6 +111,13 @@ def report(data: dict[str, Any], counts: list[int]) -> None:
         saved = 1 - t["counts"][top]["local_kib_per_instance"] / c["counts"][top]["local_kib_per_instance"]
         print(f"| {fn} | {c['startup_p99_ms'] / t['startup_p99_ms']:.2f}x | {lz['startup_p99_ms'] / t['startup_p99_ms']:.2f}x "
               f"| {saved:.0%} |")
+    if data.get("sandboxed"):
+        print("\n| workload | path | n | startup median (ms) | startup P99 (ms) | e2e median (ms) | e2e P99 (ms) |")
+        print("|---|---|---|---|---|---|---|")
+        for fn, paths in data["sandboxed"].items():
+            for name, d in paths.items():
+                print(f"| {fn} | {name} | {d['n']} | {d['startup_median_ms']:.1f} | {d['startup_p99_ms']:.1f} "
+                      f"| {d['e2e_median_ms']:.1f} | {d['e2e_p99_ms']:.1f} |")
 
 
 def main() -> int:
@@ -99,6 +126,8 @@ def main() -> int:
     ap.add_argument("--workloads", default=",".join(EVENTS))
     ap.add_argument("--heap-mib", type=int, default=256)
     ap.add_argument("--touch-pct", type=float, default=1.0, help="heap pages each request reads")
+    ap.add_argument("--sandbox-workloads", default="hello,heap", help="also measured inside sandboxes ('' for none)")
+    ap.add_argument("--sandbox-runs", type=int, default=20)
     ap.add_argument("--json", type=Path, help="also save the raw figures here")
     args = ap.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
@@ -121,6 +150,11 @@ def main() -> int:
                     data["workloads"][fn] = measure(n1, fn, counts)
                     data["workloads"][fn] = json.loads(json.dumps(data["workloads"][fn]))  # int keys -> str
                     print(f"{fn}: done", flush=True)
+                sbx = [w for w in args.sandbox_workloads.split(",") if w]
+                if sbx:
+                    n1.run(["tbagent", "sandbox", "pool", "--size", "1", "--max", "4"])
+                    data["sandboxed"] = {fn: measure_sandboxed(n1, fn, args.sandbox_runs) for fn in sbx}
+                    n1.run(["tbagent", "sandbox", "stop"])
         finally:
             provision.down(topo.name)
     if args.json:

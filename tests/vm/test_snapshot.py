@@ -101,3 +101,34 @@ def test_ten_template_instances_use_far_less_local_memory_than_ten_criu(testbed:
     assert tmpl["local_kib_per_instance"] <= 0.25 * criu["local_kib_per_instance"], (tmpl, criu)
     assert tmpl["pss_local_kib"] <= 0.25 * criu["pss_local_kib"], (tmpl, criu)
     assert tmpl["rss_cxl_kib"] >= 10 * 32 * 1024 * 0.9
+
+
+def test_template_restore_into_repurposed_sandboxes(testbed: Testbed, snapshots: dict[str, dict[str, Any]]) -> None:
+    """TrEnv's full path (issue 5, part 5): the template instance is restored by CRIU inside a
+    repurposed pool sandbox (its cgroup, namespaces and the function's rootfs); the baseline is a
+    CRIU restore into a sandbox created for it."""
+    testbed.exec("node1", "tbagent", "sandbox", "pool", "--size", "2", "--max", "8")
+    try:
+        event = json.dumps({"name": "sbx"})
+        cold = snap_run(testbed, "node1", "hello", "cold", "--event", event)[0]["result"]
+        for mode, placement in (("template", "pool"), ("criu", "fresh")):
+            recs = snap_run(testbed, "node1", "hello", mode, "--sandbox", placement, "--count", "2", "--event", event)
+            inst, summary = recs[:-1], recs[-1]
+            assert summary["sandbox"] == placement and len(inst) == 2
+            for r in inst:
+                assert r["ok"], r["error"]
+                res = r["result"]
+                # The function's own rootfs layer, the sandbox's hostname: it runs in the sandbox.
+                assert res["layer"] == "hello" and res["hostname"].startswith("sbx-"), res
+                assert {k: v for k, v in res.items() if k not in ("layer", "hostname")} == \
+                       {k: v for k, v in cold.items() if k not in ("layer", "hostname")}
+            assert inst[0]["result"]["hostname"] != inst[1]["result"]["hostname"]  # two sandboxes alive
+            if mode == "template":
+                assert all(r["memory"]["rss_cxl_kib"] > 0 for r in inst)
+                assert summary["template"]["shared_maps"] > 0
+            else:
+                assert all("sandbox_create_ms" in r and r["memory"]["rss_cxl_kib"] == 0 for r in inst)
+        status = json.loads(testbed.exec("node1", "tbagent", "sandbox", "status").stdout)
+        assert status["busy"] == [] and len(status["idle"]) == 2  # repurposed ones went back; fresh ones are gone
+    finally:
+        testbed.exec("node1", "tbagent", "sandbox", "stop", check=False)

@@ -208,12 +208,13 @@ class Pool:
         if hook != "spare" and hook not in START_HOOKS:
             raise ValueError(f"unknown start hook {hook!r}; hooks: spare, {', '.join(START_HOOKS)}")
         t0 = time.monotonic()
-        fresh = False
+        asked_fresh, fresh = fresh, False
         with self._cond:
-            if fresh:
+            if asked_fresh:
                 if self._total >= self.cfg.max_size:
                     raise Exhausted(f"pool at its maximum of {self.cfg.max_size} sandboxes")
                 self._total += 1
+                fresh = True
             elif not self._idle and policy == "fallback" and self._total < self.cfg.max_size:
                 self._total += 1
                 fresh = True
