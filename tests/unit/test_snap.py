@@ -176,3 +176,9 @@ def test_cli_arguments() -> None:
         with pytest.raises(SystemExit) as exc:
             p.parse_args(bad)
         assert exc.value.code == 2
+
+
+def test_pss_of_shared_cxl_pages() -> None:
+    # Frame 1 mapped by all three instances, 2 by two, 3 by one: 4 KiB pages.
+    assert metrics.pss_cxl_kib([{1, 2, 3}, {1, 2}, {1}]) == [round(4 / 3 + 2 + 4, 1), round(4 / 3 + 2, 1), round(4 / 3, 1)]
+    assert metrics.pss_cxl_kib([]) == []

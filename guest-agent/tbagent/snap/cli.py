@@ -9,6 +9,7 @@ from typing import Any
 
 from tbagent.snap import runs, snapshot
 from tbagent.snap.instance import InstanceError, Mode
+from tbagent.store.core import StoreError
 
 
 def _json_arg(text: str) -> dict[str, Any]:
@@ -69,6 +70,9 @@ def _cmd(args: argparse.Namespace) -> int:
             _print(op_dedup(args.name, args.mode, args.count, args.event, args.mhd))
         elif args.snap == "frames":
             _print(runs.frames(args.name, args.mhd))
+    except StoreError as exc:  # bad input: no such snapshot, store full, corrupt record
+        print(f"tbagent snap {args.snap}: {exc}", file=sys.stderr)
+        return 2
     except (InstanceError, RuntimeError) as exc:
         print(f"tbagent snap {args.snap}: {exc}", file=sys.stderr)
         return 1

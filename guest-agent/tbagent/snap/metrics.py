@@ -130,6 +130,24 @@ def instance_memory(pid: int, cxl_range: tuple[int, int] | None) -> dict[str, in
             "cow_pages": cow_pages}
 
 
+def cxl_frames(pid: int, cxl: tuple[int, int] | None) -> set[int]:
+    """The CXL frames an instance maps (in its template VMAs)."""
+    if cxl is None:
+        return set()
+    return {pfn for v in smaps(pid) if is_cxl(v) for pfn in frames(pid, v.start, v.end)
+            if cxl[0] <= pfn * PAGE < cxl[1]}
+
+
+def pss_cxl_kib(frame_sets: list[set[int]]) -> list[float]:
+    """Each instance's proportional share of the CXL pages it maps: a page mapped by k of the
+    instances counts 1/k to each (like smaps' Pss, over the instances given)."""
+    users: dict[int, int] = {}
+    for fs in frame_sets:
+        for f in fs:
+            users[f] = users.get(f, 0) + 1
+    return [round(sum(PAGE / 1024 / users[f] for f in fs), 1) for fs in frame_sets]
+
+
 def cxl_range(resource: str | int, size: str | int) -> tuple[int, int]:
     base = int(resource, 0) if isinstance(resource, str) else resource
     return base, base + (int(size, 0) if isinstance(size, str) else size)

@@ -79,6 +79,7 @@ def run(snapshot: str, mode: Mode, count: int = 1, event: dict[str, Any] | None 
                     rec[k.replace("_s", "_ms")] = _ms(inst.marks[k])
             yield rec
         alive = [metrics.instance_memory(x.pid, rng) for x in live]
+        pss_cxl = metrics.pss_cxl_kib([metrics.cxl_frames(x.pid, rng) for x in live])
         node1 = metrics.node_memory()
         summary: dict[str, Any] = {
             "summary": True, "snapshot": snapshot, "function": local.function, "mode": str(mode), "instances": count,
@@ -88,6 +89,7 @@ def run(snapshot: str, mode: Mode, count: int = 1, event: dict[str, Any] | None 
             "local_kib_per_instance": round((node1["used_kib"] - node0["used_kib"]) / max(count, 1), 1),
             "rss_local_kib": sum(m["rss_local_kib"] for m in alive), "pss_local_kib": sum(m["pss_local_kib"] for m in alive),
             "rss_cxl_kib": sum(m["rss_cxl_kib"] for m in alive), "cow_pages": sum(m["cow_pages"] for m in alive),
+            "pss_cxl_kib": round(sum(pss_cxl), 1), "pss_cxl_kib_per_instance": pss_cxl,
         }
         if tinfo0 is not None:
             t1 = mmt.info(local.mmt_name)
