@@ -96,21 +96,26 @@ def measure_sandboxed(node: remote.GuestNode, fn: str, runs: int) -> dict[str, A
 
 
 def report(data: dict[str, Any], counts: list[int]) -> None:
+    top = str(max(counts))
+    print("\nlocal = the instances' PSS in local DRAM per instance (smaps; CXL pages excluded); "
+          "node = growth of the node's used memory over all instances alive, per instance (noisy at small n)")
     print("\n| workload | mode | n | startup median (ms) | startup P99 (ms) | "
-          + " | ".join(f"local MiB/inst @{n}" for n in counts) + " |")
-    print("|---|---|---|---|---|" + "---|" * len(counts))
+          + " | ".join(f"local MiB @{n}" for n in counts) + f" | node MiB @{top} |")
+    print("|---|---|---|---|---|" + "---|" * (len(counts) + 1))
     for fn, modes in data["workloads"].items():
         for mode, d in modes.items():
-            mem = " | ".join(f"{d['counts'][str(n)]['local_kib_per_instance'] / 1024:.1f}" for n in counts)
-            print(f"| {fn} | {mode} | {len(d['startup_ms'])} | {d['startup_median_ms']:.1f} | {d['startup_p99_ms']:.1f} | {mem} |")
-    top = str(max(counts))
-    print("\n| workload | P99 criu/template | P99 lazy/template | local memory saved vs criu @" + top + " |")
-    print("|---|---|---|---|")
+            mem = " | ".join(f"{d['counts'][str(n)]['pss_local_kib_per_instance'] / 1024:.1f}" for n in counts)
+            node = d["counts"][top]["local_kib_per_instance"] / 1024
+            print(f"| {fn} | {mode} | {len(d['startup_ms'])} | {d['startup_median_ms']:.1f} | {d['startup_p99_ms']:.1f} "
+                  f"| {mem} | {node:.1f} |")
+    print(f"\n| workload | P99 criu/template | P99 lazy/template | local memory saved vs criu @{top} (PSS) | (node) |")
+    print("|---|---|---|---|---|")
     for fn, m in data["workloads"].items():
         t, c, lz = m["template"], m["criu"], m["lazy"]
-        saved = 1 - t["counts"][top]["local_kib_per_instance"] / c["counts"][top]["local_kib_per_instance"]
+        saved = 1 - t["counts"][top]["pss_local_kib_per_instance"] / c["counts"][top]["pss_local_kib_per_instance"]
+        node = 1 - t["counts"][top]["local_kib_per_instance"] / c["counts"][top]["local_kib_per_instance"]
         print(f"| {fn} | {c['startup_p99_ms'] / t['startup_p99_ms']:.2f}x | {lz['startup_p99_ms'] / t['startup_p99_ms']:.2f}x "
-              f"| {saved:.0%} |")
+              f"| {saved:.0%} | {node:.0%} |")
     if data.get("sandboxed"):
         print("\n| workload | path | n | startup median (ms) | startup P99 (ms) | e2e median (ms) | e2e P99 (ms) |")
         print("|---|---|---|---|---|---|---|")
@@ -129,7 +134,12 @@ def main() -> int:
     ap.add_argument("--sandbox-workloads", default="hello,heap", help="also measured inside sandboxes ('' for none)")
     ap.add_argument("--sandbox-runs", type=int, default=20)
     ap.add_argument("--json", type=Path, help="also save the raw figures here")
+    ap.add_argument("--report", type=Path, metavar="JSON", help="print the tables of an earlier run's --json file")
     args = ap.parse_args()
+    if args.report:
+        old = json.loads(args.report.read_text())
+        report(old, old["counts"])
+        return 0
     counts = [int(c) for c in args.counts.split(",")]
     EVENTS["heap"]["touch_pct"] = args.touch_pct
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
