@@ -134,3 +134,15 @@ def test_template_restore_into_repurposed_sandboxes(testbed: Testbed, snapshots:
         assert status["busy"] == [] and len(status["idle"]) == 2  # repurposed ones went back; fresh ones are gone
     finally:
         testbed.exec("node1", "tbagent", "sandbox", "stop", check=False)
+
+
+def test_bad_input_is_one_line_exit_2(testbed: Testbed, snapshots: dict[str, dict[str, Any]]) -> None:
+    for argv in (["snap", "run", "no-such-snapshot", "--mode", "criu"],
+                 ["snap", "take", "hello", "hello"],                      # the name is taken
+                 ["snap", "take", "bad name", "hello"],
+                 ["snap", "run", "hello", "--mode", "warp"]):
+        r = testbed.exec("node1", "tbagent", *argv, check=False)
+        assert r.exit_code == 2, (argv, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 3, r.stderr
+    left = testbed.exec("node1", "sh", "-c", "ls /run/tbagent/instances | wc -l; pgrep -c -f tbagent.snap.fnserver || true")
+    assert left.stdout.split() == ["0", "0"], left.stdout  # no instance directory or process left behind

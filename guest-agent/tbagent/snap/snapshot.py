@@ -29,7 +29,7 @@ from tbagent.sandbox import paths as sbx_paths
 from tbagent.snap import images, mmt
 from tbagent.snap.instance import Instance, start_cold
 from tbagent.store import cli as store_cli
-from tbagent.store.core import Record
+from tbagent.store.core import Record, StoreError
 
 # In the sandbox layer store, which every sandbox sees read-only at /store: restores into
 # sandboxes read the image sets from there.
@@ -117,6 +117,9 @@ def take(name: str, function: str, mhd: str = "mhd0", warm: dict[str, Any] | Non
     """Start `function` cold, warm it (initialisation + a first request), checkpoint it with CRIU
     and publish it as a template in the store of `mhd`."""
     check_name(name)
+    with store_cli.open_store(mhd) as st:
+        if any(r.name == name for r in st.templates()):  # before the work, not at publish time
+            raise StoreError(f"a template named {name!r} already exists")
     warm = warm if warm is not None else {}
     tmp = SNAP_DIR / f".take-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
