@@ -8,16 +8,16 @@ A kind is registered by name in KINDS and declares
     or an agent session over the node's SSH connection);
   - `prepare(...)`: optional work once per unit on the placement's `create_on` node;
   - `invoke(...)`: one invocation, returning an Outcome (remote wall time, time measured on the
-    node when the kind can, exit code, the result object, error).
+    node when the kind can, exit code, the result object, error);
+  - `check(spec, values)`: optional, the problems of the values the placeholders take in a
+    (mode, workload) or a set-up step, found before anything runs (e.g. ${restore} = critu).
 A kind raises Failure when the node or the agent itself fails: the run then stops cleanly.
 
-Kinds today: `exec` (an argv through the Node interface) and `agent` (a JSON-lines request to
-`tbagent serve`). The seam for later issues: a `restore` kind (spec: template, function;
-prepare: build the template on create_on through the agent; invoke: restore in the mode given
-by a mode parameter such as ${restore} = cold | criu | lazy | template, returning `phases`
-for the startup breakdown) and a `sandbox` kind (pool sizing as a set-up step, invoke: run in
-a repurposed or fresh sandbox) register here with `register(...)`; the schema, executor,
-results and plots need no change.
+Kinds here: `exec` (an argv through the Node interface) and `agent` (a JSON-lines request to
+`tbagent serve`). testbed.scenario.restore_kinds registers `restore` (function snapshots in the
+CXL store: take one on create_on, restore it in a mode given by a parameter such as ${restore} =
+cold | criu | lazy | template, count identical pages) and `sandbox` (the sandbox pool:
+repurposed against fresh crun sandboxes, pool sizing as a set-up step).
 """
 
 from __future__ import annotations
@@ -130,6 +130,11 @@ class Kind(ABC):
 
     def session(self, target: Target, timeout: float) -> AbstractContextManager[Any]:
         return nullcontext(target.node)
+
+    def check(self, spec: Any, values: Mapping[str, object]) -> Iterator[tuple[KeyPath, str]]:
+        """(key path relative to the workload, message) for every value that cannot work; values
+        holds the parameters known before the run (not the per-invocation built-ins)."""
+        return iter(())
 
     def has_prepare(self, spec: Any) -> bool:
         return False
@@ -323,3 +328,6 @@ class _agent_session(AbstractContextManager[Any]):
 
 register(ExecKind())
 register(AgentKind())
+
+# The restore and sandbox kinds register themselves (they import this module's names).
+import testbed.scenario.restore_kinds  # noqa: E402, F401

@@ -1,6 +1,8 @@
 """PNG plots of a run (matplotlib, Agg backend: no display needed).
 
     latency_cdf.png        latency CDF per mode, one panel per workload (always)
+    e2e_cdf.png            the same for `e2e_ms`, when invocations carry it (a start measured on
+                           the node: request received -> instance ready -> first answer)
     memory_instances.png   memory against number of instances, when invocations carry an
                            `instances` field (the memory is their `memory_kb`, else the unit's)
     startup_breakdown.png  stacked bars of the median of each phase, when invocations carry a
@@ -31,8 +33,9 @@ def _number(v: Any) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def latency_cdf(data: RecordData, modes: Sequence[str], workloads: Sequence[str], out: Path) -> bool:
-    panels = [w for w in workloads if any(data.values(m, w, "latency_ms") for m in modes)]
+def latency_cdf(data: RecordData, modes: Sequence[str], workloads: Sequence[str], out: Path,
+                metric: str = "latency_ms", title: str = "Latency CDF per mode") -> bool:
+    panels = [w for w in workloads if any(data.values(m, w, metric) for m in modes)]
     if not panels:
         return False
     cols = min(3, len(panels))
@@ -41,19 +44,19 @@ def latency_cdf(data: RecordData, modes: Sequence[str], workloads: Sequence[str]
     for i, wl in enumerate(panels):
         ax = axes[i // cols][i % cols]
         for mode in modes:
-            xs = sorted(data.values(mode, wl, "latency_ms"))
+            xs = sorted(data.values(mode, wl, metric))
             if xs:
                 ys = [(j + 1) / len(xs) for j in range(len(xs))]
                 ax.step(xs, ys, where="post", label=f"{mode} (n={len(xs)})")
         ax.set_title(wl, fontsize=10)
-        ax.set_xlabel("latency (ms)")
+        ax.set_xlabel(f"{metric.removesuffix('_ms')} (ms)")
         ax.set_ylabel("fraction of invocations")
         ax.set_ylim(0, 1.02)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     for j in range(len(panels), rows * cols):
         axes[j // cols][j % cols].axis("off")
-    fig.suptitle("Latency CDF per mode")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=DPI)
     plt.close(fig)
@@ -91,9 +94,23 @@ def memory_instances(data: RecordData, modes: Sequence[str], out: Path) -> bool:
     return True
 
 
+def merge_order(orders: Sequence[Sequence[str]]) -> list[str]:
+    """One order of phase names that keeps each record's own order where they agree: a name not
+    seen yet goes before the next known name that follows it in its record (cold: spawn, init,
+    request and restore: restore, ready, request give spawn, init, restore, ready, request)."""
+    out: list[str] = []
+    for order in orders:
+        for i, name in enumerate(order):
+            if name in out:
+                continue
+            after = next((n for n in order[i + 1:] if n in out), None)
+            out.insert(out.index(after) if after is not None else len(out), name)
+    return out
+
+
 def startup_breakdown(data: RecordData, modes: Sequence[str], workloads: Sequence[str], out: Path) -> bool:
     bars: list[tuple[str, dict[str, float]]] = []
-    phase_names: dict[str, None] = {}
+    orders: dict[tuple[str, ...], None] = {}
     for mode in modes:
         for wl in workloads:
             per_phase: dict[str, list[float]] = defaultdict(list)
@@ -105,22 +122,24 @@ def startup_breakdown(data: RecordData, modes: Sequence[str], workloads: Sequenc
                 for k, v in phases.items():
                     if (x := _number(v)) is not None:
                         per_phase[k].append(x)
-                        phase_names[k] = None
                         total += x
+                orders[tuple(k for k, v in phases.items() if _number(v) is not None)] = None
                 m = r.get("metrics") or {}
                 if (fn := _number(m.get("function_ms"))) is not None:
                     per_phase["other on node"].append(max(0.0, fn - total))
                 if (tr := _number(m.get("transport_ms"))) is not None:
-                    per_phase["transport"].append(tr)
+                    per_phase["transport"].append(max(0.0, tr))  # clocks apart: never below 0
             if per_phase:
                 bars.append((f"{mode}\n{wl}", {k: stats.percentile(v, 50) for k, v in per_phase.items()}))
     if not bars:
         return False
     fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(bars) + 2), 4.4))
     bottoms = [0.0] * len(bars)
-    for phase in [p for p in (*phase_names, "other on node", "transport") if any(p in b[1] for b in bars)]:
+    parts = [p for p in (*merge_order(list(orders)), "other on node", "transport") if any(p in b[1] for b in bars)]
+    cmap = plt.get_cmap("tab10" if len(parts) <= 10 else "tab20")  # a colour per part
+    for i, phase in enumerate(parts):
         heights = [b[1].get(phase, 0.0) for b in bars]
-        ax.bar(range(len(bars)), heights, bottom=bottoms, label=phase)
+        ax.bar(range(len(bars)), heights, bottom=bottoms, label=phase, color=cmap(i % cmap.N))
         bottoms = [a + h for a, h in zip(bottoms, heights, strict=True)]
     ax.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
     ax.set_ylabel("median time (ms)")
@@ -139,6 +158,8 @@ def render(records: Sequence[dict[str, Any]], modes: Sequence[str], workloads: S
     made = []
     if latency_cdf(data, modes, workloads, out_dir / "latency_cdf.png"):
         made.append("latency_cdf.png")
+    if latency_cdf(data, modes, workloads, out_dir / "e2e_cdf.png", "e2e_ms", "Start to first answer (e2e_ms) CDF per mode"):
+        made.append("e2e_cdf.png")
     if memory_instances(data, modes, out_dir / "memory_instances.png"):
         made.append("memory_instances.png")
     if startup_breakdown(data, modes, workloads, out_dir / "startup_breakdown.png"):

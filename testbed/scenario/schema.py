@@ -578,21 +578,28 @@ def _modes(doc: Document, value: Any, topo: Topology, timeout: float) -> tuple[M
     return tuple(out)
 
 
-def _check_placeholders(doc: Document, scn: Scenario, wkps: dict[str, KeyPath], step_kps: list[tuple[Step, KeyPath, set[str]]]) -> None:
+def _check_placeholders(doc: Document, scn: Scenario, wkps: dict[str, KeyPath],
+                        step_kps: list[tuple[Step, KeyPath, dict[str, Scalar]]]) -> None:
     for w in scn.workloads:
         kind = KINDS[w.kind]
         for mode in scn.modes:
-            known = set(BUILTINS) | set(scn.values(mode, w))
+            values = scn.values(mode, w)
+            known = set(BUILTINS) | set(values)
             for rel, text in kind.templates(w.spec):
                 for name in placeholders(text):
                     if name not in known:
                         raise doc.error((*wkps[w.name], *rel), f"unknown placeholder ${{{name}}} in mode {mode.name} "
                                         f"(known: {', '.join(sorted(known))}; $$ is a literal $)")
-    for step, skp, known in step_kps:
+            for rel, message in kind.check(w.spec, values):
+                raise doc.error((*wkps[w.name], *rel), f"{message} in mode {mode.name}")
+    for step, skp, values in step_kps:
+        known = set(BUILTINS) | set(values)
         for rel, text in KINDS[step.kind].templates(step.spec):
             for name in placeholders(text):
                 if name not in known:
                     raise doc.error((*skp, *rel), f"unknown placeholder ${{{name}}} (known: {', '.join(sorted(known))})")
+        for rel, message in KINDS[step.kind].check(step.spec, values):
+            raise doc.error((*skp, *rel), message)
 
 
 def parse(doc: Document) -> Scenario:
@@ -635,10 +642,9 @@ def parse(doc: Document) -> Scenario:
     scn = Scenario(raw.name, doc.path, raw.description, topo, tfile, raw.seed, raw.repetitions, raw.warmup, timeout,
                    params, placement, setup, modes, workloads, tuple(dict.fromkeys(raw.metrics)), tuple(asserts),
                    raw.parallel_workloads, memory_interval, copy.deepcopy(doc.data), tdoc)
-    steps: list[tuple[Step, KeyPath, set[str]]] = [(s, ("setup", i), set(BUILTINS) | set(params)) for i, s in enumerate(setup)]
+    steps: list[tuple[Step, KeyPath, dict[str, Scalar]]] = [(s, ("setup", i), dict(params)) for i, s in enumerate(setup)]
     for mode in modes:
-        steps += [(s, ("modes", mode.name, "setup", i), set(BUILTINS) | set(params) | set(mode.params))
-                  for i, s in enumerate(mode.setup)]
+        steps += [(s, ("modes", mode.name, "setup", i), {**params, **mode.params}) for i, s in enumerate(mode.setup)]
     _check_placeholders(doc, scn, {w.name: kp for w, kp in wl}, steps)
     return scn
 
