@@ -90,10 +90,7 @@ class Instance:
 
     def _log_tail(self) -> str:
         log = self.workdir / "restore.log"
-        if not log.exists():
-            return ""
-        errors = [ln for ln in log.read_text(errors="replace").splitlines() if "Error" in ln or "cxltb_mmt" in ln]
-        return ": " + " | ".join(errors[-3:]) if errors else ""
+        return f": {_tail(log)}" if log.exists() else ""
 
     def stop(self) -> None:
         for fd in (self.wfd, self.rfd):
@@ -214,5 +211,5 @@ def _tail(path: Path, n: int = 3) -> str:
     if not path.exists():
         return f"{path.name} missing"
     lines = path.read_text(errors="replace").splitlines()
-    errors = [ln for ln in lines if "Error" in ln] or lines
+    errors = [ln for ln in lines if "Error" in ln or "cxltb_mmt" in ln] or lines
     return " | ".join(errors[-n:])

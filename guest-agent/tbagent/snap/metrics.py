@@ -60,20 +60,22 @@ def is_cxl(v: Vma) -> bool:
     return v.path.startswith("/dev/dax")
 
 
-def frames(pid: int, start: int, end: int) -> list[int]:
-    """Frame numbers of the present pages in [start, end); absent pages are left out."""
+def pagemap(pid: int, start: int, end: int) -> list[int]:
+    """/proc/PID/pagemap entries of the pages in [start, end)."""
     with open(f"/proc/{pid}/pagemap", "rb") as fh:
         fh.seek(start // PAGE * 8)
         raw = fh.read((end - start) // PAGE * 8)
-    return [e & PFN_MASK for (e,) in struct.iter_unpack("<Q", raw) if e & PM_PRESENT]
+    return [e for (e,) in struct.iter_unpack("<Q", raw)]
 
 
 def frame_map(pid: int, start: int, end: int) -> dict[int, int]:
     """{virtual address: frame} of the present pages in [start, end)."""
-    with open(f"/proc/{pid}/pagemap", "rb") as fh:
-        fh.seek(start // PAGE * 8)
-        raw = fh.read((end - start) // PAGE * 8)
-    return {start + i * PAGE: e & PFN_MASK for i, (e,) in enumerate(struct.iter_unpack("<Q", raw)) if e & PM_PRESENT}
+    return {start + i * PAGE: e & PFN_MASK for i, e in enumerate(pagemap(pid, start, end)) if e & PM_PRESENT}
+
+
+def frames(pid: int, start: int, end: int) -> list[int]:
+    """Frame numbers of the present pages in [start, end)."""
+    return list(frame_map(pid, start, end).values())
 
 
 PM_FILE = 1 << 61
@@ -90,10 +92,7 @@ def private_pages(pid: int, cxl: tuple[int, int] | None) -> tuple[dict[int, byte
             if v.path in SPECIAL:
                 continue
             on_cxl = is_cxl(v)
-            with open(f"/proc/{pid}/pagemap", "rb") as fh:
-                fh.seek(v.start // PAGE * 8)
-                raw = fh.read((v.end - v.start) // PAGE * 8)
-            for i, (e,) in enumerate(struct.iter_unpack("<Q", raw)):
+            for i, e in enumerate(pagemap(pid, v.start, v.end)):
                 if not e & PM_PRESENT:
                     continue
                 pfn = e & PFN_MASK
