@@ -289,7 +289,16 @@ def test_bad_scenario_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert capsys.readouterr().err.strip() == f"testbed: error: {p}:3: seed: expected an integer, got 'five'"
 
 
-def test_interrupt_stops_records_and_tears_down(tmp_path: Path) -> None:
+@pytest.fixture
+def sigint_raises() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt even where the test runner was started with it ignored
+    (a background job of a non-interactive shell: Python then installs no handler)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_interrupt_stops_records_and_tears_down(tmp_path: Path, sigint_raises: None) -> None:
     world = World()
     text = SCENARIO.replace("argv: [ok], arrival: {pattern: closed, clients: 3, count: 7}",
                             "argv: [slow], arrival: {pattern: closed, clients: 3, count: 600}")

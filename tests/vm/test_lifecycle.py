@@ -38,7 +38,10 @@ def _wait_for_domain(state_file: Path, proc: subprocess.Popen[str], timeout: flo
 def test_interrupted_up_rolls_back(tmp_path: Path, sig: signal.Signals) -> None:
     name = f"int{sig.value}-{os.getpid() % 1000}"
     topo = renamed_topology(REPO / "testbeds" / "two-node.yaml", name, tmp_path)
+    # SIGINT back to its default, so the child's Python raises KeyboardInterrupt even where this
+    # runner was started with SIGINT ignored (a background job of a non-interactive shell).
     proc = subprocess.Popen([sys.executable, "-m", "testbed", "up", "-f", str(topo)], cwd=REPO, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for_domain(names.Layout(name).state_file, proc)
