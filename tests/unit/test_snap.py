@@ -92,6 +92,8 @@ def test_plan_and_stripped_image_set_round_trip(tmp_path: Path, fake_pycriu: Non
     content = b"".join(bytes([i + 1]) * PAGE for i in range(6))
     (d / "pages-3.img").write_bytes(content)
     (d / "fs-7.img").write_text("other image")
+    (d / "pagemap-shmem-5.img").write_text("shared memory's own pagemap")
+    (d / "pages-9.img").write_text("shared memory's pages")
     plan = images.plan(d)
     # 0x10000..0x14fff dumped; the rseq page 0x13000 stays with CRIU, as does the stack page.
     assert [(a.addr, a.len, a.off) for a in plan.areas] == [(0x10000, 3 * PAGE, 0), (0x14000, PAGE, 3 * PAGE)]
@@ -101,6 +103,7 @@ def test_plan_and_stripped_image_set_round_trip(tmp_path: Path, fake_pycriu: Non
     snapshot._stripped_from(d, out, plan)
     assert (out / "fs-7.img").read_text() == "other image"
     assert (out / "fs-7.img").stat().st_ino == (d / "fs-7.img").stat().st_ino  # linked, not copied
+    assert (out / "pagemap-shmem-5.img").exists() and (out / "pages-9.img").exists()  # not the task's memory
     pm = json.loads((out / "pagemap-7.img").read_text())["entries"]
     assert pm == [{"pages_id": 3}, {"vaddr": 0x13000, "nr_pages": 1, "flags": 6}, {"vaddr": 0x20000, "nr_pages": 1, "flags": 4}]
     assert (out / "pages-3.img").read_bytes() == bytes([4]) * PAGE + bytes([6]) * PAGE

@@ -198,15 +198,16 @@ class Pages:
         self.close()
 
 
-MEMORY_FILES = ("pagemap-", "pages-")
 SKIP_FILES = ("dump.log", "restore.log", "stats-dump", "stats-restore", "cxltb-mmt.conf")
 
 
-def link_other_images(src: Path, dst: Path) -> None:
-    """Hard-link every image of `src` into `dst` except the memory ones (and logs)."""
+def link_other_images(src: Path, dst: Path, pid: int, pages_id: int) -> None:
+    """Hard-link every image of `src` into `dst` but the root task's memory (and logs); shared
+    memory keeps its own pagemap-shmem/pages images."""
     dst.mkdir(parents=True, exist_ok=True)
+    skip = {*SKIP_FILES, f"pagemap-{pid}.img", f"pages-{pages_id}.img"}
     for f in src.iterdir():
-        if f.is_file() and not f.name.startswith(MEMORY_FILES) and f.name not in SKIP_FILES:
+        if f.is_file() and f.name not in skip:
             target = dst / f.name
             if not target.exists():
                 os.link(f, target)

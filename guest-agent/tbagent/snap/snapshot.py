@@ -106,7 +106,7 @@ def _untar(data: bytes, out: Path) -> None:
 
 
 def _stripped_from(full: Path, out: Path, plan: images.Plan) -> None:
-    images.link_other_images(full, out)
+    images.link_other_images(full, out, plan.pid, plan.pages_id)
     with images.Pages(full, plan.pages_id) as pages:
         images.write_memory(out, plan.pid, plan.pages_id,
                             [(r.addr, r.len, r.flags, pages.view[r.src : r.src + r.len]) for r in plan.rest])
@@ -207,8 +207,8 @@ def _full_from_store(memory: bytes, local: Local) -> None:
     lay = local.layout
     out = local.full
     shutil.rmtree(out, ignore_errors=True)
-    images.link_other_images(local.stripped, out)
     pid, pages_id = int(lay["pid"]), int(lay["pages_id"])
+    images.link_other_images(local.stripped, out, pid, pages_id)
     _, rest = images.runs(local.stripped, pid)
     view = memoryview(memory)
     with images.Pages(local.stripped, pages_id) as pages:
