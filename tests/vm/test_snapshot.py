@@ -145,5 +145,15 @@ def test_bad_input_is_one_line_exit_2(testbed: Testbed, snapshots: dict[str, dic
         assert r.exit_code == 2, (argv, r.stderr)
         last = r.stderr.strip().splitlines()[-1]
         assert "Traceback" not in r.stderr and last.startswith("tbagent") and ("error" in last or ":" in last), r.stderr
-    left = testbed.exec("node1", "sh", "-c", "ls /run/tbagent/instances | wc -l; pgrep -c -f tbagent.snap.fnserver || true")
-    assert left.stdout.split() == ["0", "0"], left.stdout  # no instance directory or process left behind
+    # No instance directory or function process left behind.
+    script = ("import os, pathlib\n"
+              "d = pathlib.Path('/run/tbagent/instances')\n"
+              "print(len(list(d.iterdir())) if d.exists() else 0)\n"
+              "def fn(p):\n"
+              "    try:\n"
+              "        return b'\\x00tbagent.snap.fnserver\\x00' in pathlib.Path(f'/proc/{p}/cmdline').read_bytes()\n"
+              "    except OSError:\n"
+              "        return False\n"
+              "print(sum(fn(p) for p in os.listdir('/proc') if p.isdigit()))\n")
+    left = testbed.exec("node1", "python3", "-c", script)
+    assert left.stdout.split() == ["0", "0"], left.stdout
