@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import textwrap
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -17,13 +16,13 @@ import pytest
 
 from testbed import cli
 from testbed.agent import AgentError
-from testbed.errors import ConfigError
 from testbed.remote import Result
 from testbed.scenario import arrivals, plots, restore_kinds, schema
 from testbed.scenario.kinds import KINDS
 from testbed.scenario.restore_kinds import RestoreAction, RestoreKind, SandboxKind
 
 from .test_scenario_executor import FakeNode, World, make_ops
+from .test_scenario_schema import error, write
 
 REPO = Path(__file__).resolve().parents[2]
 TWO = REPO / "testbeds" / "two-node.yaml"
@@ -143,19 +142,6 @@ workloads:
     count: 2
     arrival: {{pattern: fixed, count: 1}}
 """
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    p = tmp_path / "s.yaml"
-    p.write_text(textwrap.dedent(text))
-    return p
-
-
-def error(tmp_path: Path, text: str, overrides: list[str] | None = None) -> ConfigError:
-    path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as info:
-        schema.load(path, overrides)
-    return info.value
 
 
 def test_restore_spec_parses(tmp_path: Path) -> None:

@@ -16,9 +16,7 @@ the sandbox destroyed instead of reused.
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import select
 import socket
 import subprocess
 import sys
@@ -29,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tbagent.functions import FunctionSpec
+from tbagent.lines import Closed, LinePipes
 from tbagent.sandbox import layers, net, paths, proto, zygote
 from tbagent.sandbox.cgroup import Group, Limits
 
@@ -151,7 +150,7 @@ class Sandbox:
         self.function: str | None = None
         self.fsock: socket.socket | None = None
         self.fpid = 0
-        self.fpipes: tuple[int, int] | None = None  # a restored process's request and reply pipes
+        self.fpipes: LinePipes | None = None  # a restored process's request and reply pipes
         self.real_fpid = 0
         self.mounts_baseline: list[str] = []
         self.limits = DEFAULT_LIMITS  # what fn-ID has now
@@ -266,7 +265,7 @@ class Sandbox:
     def _restored(self, spec: FunctionSpec, pid: int, fds: list[int], t0: float, t1: float) -> dict[str, Any]:
         """A process restored by the "restore" hook: JSON lines over pipes (tbagent.snap.fnserver)."""
         t2 = time.monotonic()
-        self.fpid, self.fpipes, self.function = pid, (fds[0], fds[1]), spec.name
+        self.fpid, self.fpipes, self.function = pid, LinePipes(fds[0], fds[1]), spec.name
         self.real_fpid = _real_pid(self.zpid, pid)
         ping = self._pipe_call({"op": "ping"}, TIMEOUT)
         if not ping.get("ok"):
@@ -277,21 +276,12 @@ class Sandbox:
 
     def _pipe_call(self, req: dict[str, Any], timeout: float | None) -> dict[str, Any]:
         assert self.fpipes is not None
-        wfd, rfd = self.fpipes
         try:
-            os.write(wfd, json.dumps(req).encode() + b"\n")
-            line = b""
-            while not line.endswith(b"\n"):
-                if not select.select([rfd], [], [], timeout)[0]:
-                    return {"ok": False, "error": f"no answer within {timeout}s"}
-                chunk = os.read(rfd, 1 << 16)
-                if not chunk:
-                    return {"ok": False, "crashed": True, "error": "function process died"}
-                line += chunk
-        except BrokenPipeError:
+            return self.fpipes.call(req, timeout)
+        except Closed:
             return {"ok": False, "crashed": True, "error": "function process died"}
-        reply: dict[str, Any] = json.loads(line)
-        return reply
+        except TimeoutError:
+            return {"ok": False, "error": f"no answer within {timeout}s"}
 
     def invoke(self, event: dict[str, Any], timeout: float | None = TIMEOUT) -> dict[str, Any]:
         if self.fpipes is not None:
@@ -322,8 +312,8 @@ class Sandbox:
         for s in (self.fsock, self.spare[1] if self.spare else None):
             if s is not None:  # an unused spare (a start hook ran instead) goes with the kill too
                 s.close()
-        for fd in self.fpipes or ():
-            os.close(fd)
+        if self.fpipes is not None:
+            self.fpipes.close()
         self.fsock = self.spare = self.fpipes = None
         if "kill" in steps:
             t0 = time.monotonic()
@@ -393,8 +383,8 @@ class Sandbox:
         for s in (self.fsock, self.ctl, self.spare[1] if self.spare else None):
             if s is not None:
                 s.close()
-        for fd in self.fpipes or ():
-            os.close(fd)
+        if self.fpipes is not None:
+            self.fpipes.close()
         self.fsock = self.ctl = self.fpipes = None
         self.spare = None
         for g in (self.zgroup, self.fgroup):

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from tbagent.lines import log_tail
 from tbagent.sandbox import linux, net, paths, proto, runner
 
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
@@ -133,7 +134,7 @@ def start_restore(z: Zygote, msg: dict[str, Any]) -> tuple[list[int], int]:
     status = z.wait_child(child)
     try:
         if status != 0:
-            raise OSError(f"criu restore exited with {status}: {_log_tail(paths.IN_ROOT + CRIU_WORK + '/restore.log')}")
+            raise OSError(f"criu restore exited with {status}: {log_tail(paths.IN_ROOT + CRIU_WORK + '/restore.log')}")
         with open(f"{paths.IN_ROOT}{CRIU_WORK}/pid") as fh:
             pid = int(fh.read())
     except BaseException:
@@ -141,15 +142,6 @@ def start_restore(z: Zygote, msg: dict[str, Any]) -> tuple[list[int], int]:
         os.close(ro)
         raise
     return [wi, ro], pid
-
-
-def _log_tail(path: str) -> str:
-    try:
-        with open(path, errors="replace") as fh:
-            lines = fh.read().splitlines()
-    except OSError:
-        return "no restore.log"
-    return " | ".join(([ln for ln in lines if "Error" in ln or "cxltb_mmt" in ln] or lines)[-3:])
 
 
 START_HOOKS: dict[str, StartHook] = {"fork": start_fork, "restore": start_restore}

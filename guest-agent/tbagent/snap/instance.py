@@ -13,9 +13,7 @@ new pipes in place of the dumped ones through --inherit-fd."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -28,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tbagent.functions import spec
+from tbagent.lines import Closed, LinePipes, log_tail
 
 RUN_DIR = Path(os.environ.get("CXLTB_SNAP_RUN", "/run/tbagent/instances"))
 PLUGIN_DIR = "/usr/lib/cxltb/criu"
@@ -54,32 +53,24 @@ def function_env(function: str, extra: dict[str, str] | None = None) -> dict[str
 class Instance:
     mode: Mode
     pid: int                       # the function's process (PID 1 of its namespace)
-    wfd: int                       # requests go here
-    rfd: int                       # replies come from here
+    chan: LinePipes                # requests in, replies out
     workdir: Path
     reap: subprocess.Popen[bytes] | None = None   # cold: the unshare parent; else None (a child of ours)
     lazy: subprocess.Popen[bytes] | None = None
     marks: dict[str, float] = field(default_factory=dict)
-    _buf: bytes = b""
 
     def readline(self, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.rfd], [], [], left)[0]:
-                raise InstanceError(f"{self.mode} instance {self.pid}: no reply within {timeout:.0f} s")
-            chunk = os.read(self.rfd, 1 << 16)
-            if not chunk:
-                raise InstanceError(f"{self.mode} instance {self.pid} exited{self._log_tail()}")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        reply: dict[str, Any] = json.loads(line)
-        return reply
+        try:
+            return self.chan.recv(timeout)
+        except TimeoutError:
+            raise InstanceError(f"{self.mode} instance {self.pid}: no reply within {timeout:.0f} s") from None
+        except Closed:
+            raise InstanceError(f"{self.mode} instance {self.pid} exited{self._log_tail()}") from None
 
     def request(self, req: dict[str, Any], timeout: float = READY_TIMEOUT) -> dict[str, Any]:
         try:
-            os.write(self.wfd, json.dumps(req).encode() + b"\n")
-        except BrokenPipeError:
+            self.chan.send(req)
+        except Closed:
             raise InstanceError(f"{self.mode} instance {self.pid} exited{self._log_tail()}") from None
         return self.readline(timeout)
 
@@ -90,12 +81,10 @@ class Instance:
 
     def _log_tail(self) -> str:
         log = self.workdir / "restore.log"
-        return f": {_tail(log)}" if log.exists() else ""
+        return f": {log_tail(str(log))}" if log.exists() else ""
 
     def stop(self) -> None:
-        for fd in (self.wfd, self.rfd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self.chan.close()
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)  # PID 1 of its namespace ignores SIGTERM
         if self.reap is not None:
@@ -129,7 +118,8 @@ def start_cold(function: str, env: dict[str, str] | None = None) -> Instance:
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=function_env(function, env),
                             start_new_session=True)
     assert proc.stdin is not None and proc.stdout is not None
-    inst = Instance(Mode.COLD, 0, os.dup(proc.stdin.fileno()), os.dup(proc.stdout.fileno()), _workdir(), reap=proc)
+    inst = Instance(Mode.COLD, 0, LinePipes(os.dup(proc.stdin.fileno()), os.dup(proc.stdout.fileno())), _workdir(),
+                    reap=proc)
     proc.stdin.close()
     proc.stdout.close()
     try:
@@ -172,7 +162,7 @@ def start_restore(mode: Mode, imgdir: Path, pipes: dict[str, str], lazy_from: Pa
             deadline = time.monotonic() + 30
             while not sock.exists():
                 if lazy.poll() is not None or time.monotonic() > deadline:
-                    raise InstanceError(f"criu lazy-pages did not start: {_tail(work / 'lazy.log')}")
+                    raise InstanceError(f"criu lazy-pages did not start: {log_tail(str(work / 'lazy.log'))}")
                 time.sleep(0.002)
             argv.append("--lazy-pages")
         elif mode is Mode.TEMPLATE:
@@ -183,7 +173,7 @@ def start_restore(mode: Mode, imgdir: Path, pipes: dict[str, str], lazy_from: Pa
         res = subprocess.run(argv, pass_fds=(ri, wo), env=env, stdin=subprocess.DEVNULL, capture_output=True)
         t2 = time.monotonic()
         if res.returncode != 0:
-            raise InstanceError(f"criu restore ({mode}) failed: {_tail(work / 'restore.log')}")
+            raise InstanceError(f"criu restore ({mode}) failed: {log_tail(str(work / 'restore.log'))}")
         pid = int((work / "pid").read_text())
     except BaseException:
         for fd in (ri, wi, ro, wo):
@@ -195,7 +185,7 @@ def start_restore(mode: Mode, imgdir: Path, pipes: dict[str, str], lazy_from: Pa
         raise
     os.close(ri)
     os.close(wo)
-    inst = Instance(mode, pid, wi, ro, work, lazy=lazy)
+    inst = Instance(mode, pid, LinePipes(wi, ro), work, lazy=lazy)
     try:
         reply = inst.request({"op": "ping"})  # restored and answering: ready
         if not reply.get("ok"):
@@ -205,11 +195,3 @@ def start_restore(mode: Mode, imgdir: Path, pipes: dict[str, str], lazy_from: Pa
         raise
     inst.marks.update(start=t0, restore_s=t2 - t1, ready=time.monotonic())
     return inst
-
-
-def _tail(path: Path, n: int = 3) -> str:
-    if not path.exists():
-        return f"{path.name} missing"
-    lines = path.read_text(errors="replace").splitlines()
-    errors = [ln for ln in lines if "Error" in ln or "cxltb_mmt" in ln] or lines
-    return " | ".join(errors[-n:])

@@ -158,6 +158,7 @@ def take(name: str, function: str, mhd: str = "mhd0", warm: dict[str, Any] | Non
         final = SNAP_DIR / _key(rec)
         shutil.rmtree(final, ignore_errors=True)
         (tmp / "full" / ".complete").write_text("ok\n")
+        _write_local(tmp, rec, layout)
         tmp.rename(final)
         local = _register(rec, final, layout)
         return {"name": name, "head": rec.head, "seq": rec.seq, "function": function, "mmt": local.mmt_name,
@@ -167,14 +168,21 @@ def take(name: str, function: str, mhd: str = "mhd0", warm: dict[str, Any] | Non
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _write_local(d: Path, rec: Record, layout: dict[str, Any]) -> None:
+    """The files that make a node's copy complete (written before it is renamed into place):
+    the plugin's request in the stripped image set, and the layout (its presence = unpacked)."""
+    conf = f"template {mmt_name(rec)}\n" if layout["areas"] else "# no template areas\n"
+    (d / "stripped" / "cxltb-mmt.conf").write_text(conf)
+    (d / "layout.json").write_text(json.dumps(layout))
+
+
 def _register(rec: Record, d: Path, layout: dict[str, Any]) -> Local:
+    """Register the mm-template on this node unless it is (kernel state: gone after a reboot)."""
     base = rec.extents[MEMORY]["off"]
     areas = [mmt.Area(a["addr"], a["len"], base + a["off"], a["prot"]) for a in layout["areas"]]
     name = mmt_name(rec)
     if areas:
         mmt.ensure(name, os.path.realpath(device_path(str(layout.get("mhd", "mhd0")))), areas)
-    (d / "stripped" / "cxltb-mmt.conf").write_text(f"template {name}\n" if areas else "# no template areas\n")
-    (d / "layout.json").write_text(json.dumps(layout))
     return Local(rec.name, d, layout, name, base)
 
 
@@ -194,6 +202,7 @@ def prepare(name: str, mhd: str = "mhd0", full: bool = False) -> Local:
             shutil.rmtree(tmp, ignore_errors=True)
             (tmp / "stripped").mkdir(parents=True)
             _untar(st.read_extent(rec.extents[IMAGES]), tmp / "stripped")
+            _write_local(tmp, rec, layout)
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(d)
             tmp.rename(d)
