@@ -6,14 +6,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$(PATH)
 
-.PHONY: deps venv image kernel kernel-debug demo lint test test-unit test-vm bench clean-testbeds
+.PHONY: host-deps deps venv image qemu kernel kernel-debug demo lint test test-unit test-vm bench clean-testbeds
 
-deps: venv
+# Host packages come first: the venv builds libvirt-python against libvirt-dev. The script is
+# idempotent and quick when everything is there, so it runs every time.
+host-deps:
 	./scripts/install-host-deps
 
-venv: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
-	@[ -x /usr/bin/pkg-config ] || ./scripts/install-host-deps
+deps: host-deps venv
+
+venv: host-deps $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml | host-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -22,13 +25,17 @@ $(VENV)/.installed: pyproject.toml
 image: deps
 	$(PY) -m testbed image bookworm
 
+# QEMU 10.0.2 with qemu-patches/ (direct-mapped CXL memory): what topologies use by default.
+qemu: deps
+	$(PY) -m testbed qemu build
+
 kernel: deps
 	$(PY) -m testbed kernel build
 
 kernel-debug: deps
 	$(PY) -m testbed kernel build --debug
 
-demo: deps image
+demo: deps image qemu
 	$(PY) -m testbed demo -f testbeds/two-node.yaml
 
 lint: venv
@@ -38,13 +45,13 @@ lint: venv
 test-unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
-test-vm: deps image
+test-vm: deps image qemu
 	$(VENV)/bin/pytest -q tests/vm
 
-test: deps lint image kernel kernel-debug
+test: deps lint image qemu kernel kernel-debug
 	$(VENV)/bin/pytest tests
 
-bench: deps image
+bench: deps image qemu
 	$(PY) bench/bringup.py --runs 3
 
 clean-testbeds: venv

@@ -12,7 +12,6 @@ from testbed import paths
 from testbed.errors import CommandError, UserError
 from testbed.hostcmd import run
 from testbed.kernel import Kernel
-from testbed.render import EMULATOR
 from testbed.topology import Accel
 
 MARKER = "CXLTB-PROBE-OK"
@@ -25,19 +24,20 @@ def _boot_id() -> str:
         return "unknown"
 
 
-def probe_kvm(kernel: Kernel, timeout: float = 60.0) -> tuple[bool, str]:
+def probe_kvm(kernel: Kernel, emulator: Path, timeout: float = 60.0) -> tuple[bool, str]:
     """Boot the initramfs under KVM; True only if it reaches user space and powers off."""
     if not os.path.exists("/dev/kvm"):
         return False, "/dev/kvm does not exist"
     cache = paths.cache_root() / "kvm-probe.json"
     try:
         data = json.loads(cache.read_text())
-        if data.get("boot_id") == _boot_id() and data.get("kernel") == str(kernel.directory):
+        if (data.get("boot_id") == _boot_id() and data.get("kernel") == str(kernel.directory)
+                and data.get("emulator") == str(emulator)):
             return bool(data["ok"]), str(data["why"])
     except (OSError, ValueError, KeyError):
         pass
     t0 = time.monotonic()
-    argv = [EMULATOR, "-accel", "kvm", "-machine", "q35", "-cpu", "host", "-m", "256",
+    argv = [str(emulator), "-accel", "kvm", "-machine", "q35", "-cpu", "host", "-m", "256",
             "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
             "-kernel", str(kernel.vmlinuz), "-initrd", str(kernel.initramfs),
             "-append", "console=ttyS0 cxltb.probe panic=-1"]
@@ -49,14 +49,15 @@ def probe_kvm(kernel: Kernel, timeout: float = 60.0) -> tuple[bool, str]:
     except CommandError:
         ok, why = False, f"guest did not boot under KVM within {timeout:.0f}s"
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"boot_id": _boot_id(), "kernel": str(kernel.directory), "ok": ok, "why": why}))
+    cache.write_text(json.dumps({"boot_id": _boot_id(), "kernel": str(kernel.directory), "emulator": str(emulator),
+                                 "ok": ok, "why": why}))
     return ok, why
 
 
-def resolve(wanted: Accel, kernel: Kernel) -> Accel:
+def resolve(wanted: Accel, kernel: Kernel, emulator: Path) -> Accel:
     if wanted is Accel.TCG:
         return Accel.TCG
-    ok, why = probe_kvm(kernel)
+    ok, why = probe_kvm(kernel, emulator)
     if wanted is Accel.KVM and not ok:
         raise UserError(f"accelerator kvm requested but {why}; use `accelerator: tcg` or `auto`")
     return Accel.KVM if ok else Accel.TCG

@@ -42,6 +42,7 @@ class Verb(StrEnum):
     DEMO = "demo"
     IMAGE = "image"
     KERNEL = "kernel"
+    QEMU = "qemu"
     RUN = "run"
     REPORT = "report"
     COMPARE = "compare"
@@ -74,6 +75,8 @@ class Ops:
     build_image: Callable[..., Any] = field(default_factory=lambda: _lazy("image", "build"))
     build_kernel: Callable[..., Any] = field(default_factory=lambda: _lazy("kbuild", "build"))
     list_kernels: Callable[..., Any] = field(default_factory=lambda: _lazy("kbuild", "cached"))
+    build_qemu: Callable[..., Any] = field(default_factory=lambda: _lazy("qemu", "build"))
+    list_qemus: Callable[..., Any] = field(default_factory=lambda: _lazy("qemu", "cached"))
     agent_session: Callable[..., Any] = field(default_factory=lambda: _lazy("agent", "AgentSession"))
     execv: Callable[[str, list[str]], Any] = os.execv
 
@@ -114,6 +117,10 @@ def _parser() -> argparse.ArgumentParser:
     kb.add_argument("-j", "--jobs", type=int, help="parallel make jobs (default: all CPUs)")
     kb.add_argument("--debug", action="store_true", help="the debug variant (DEBUG_VM, lockdep) for the slow tier")
     kern.add_parser("list", help="cached kernels")
+    qemu = sub.add_parser(Verb.QEMU, help="build or list the patched QEMU").add_subparsers(dest="op", required=True)
+    qb = qemu.add_parser("build", help="build QEMU with qemu-patches/ (direct-mapped CXL memory; cached by content hash)")
+    qb.add_argument("-j", "--jobs", type=int, help="parallel build jobs (default: all CPUs)")
+    qemu.add_parser("list", help="cached QEMU builds")
     from testbed.scenario import commands as scn_cmds
 
     scn_cmds.add_run_arguments(sub.add_parser(Verb.RUN, help="run a scenario; results, report and plots in a folder"))
@@ -224,18 +231,26 @@ def cmd_status(args: argparse.Namespace, ops: Ops) -> int:
     if not data:
         out.print("no testbeds")
     for tb in data:
-        table = Table(title=f"{tb['testbed']} ({tb['phase']}, {tb['accelerator']}, kernel {tb['kernel'].get('release', '?')})")
-        for col in ("node", "state", "ssh", "address", "MHD", "memdev", "serial", "region", "size", "dax"):
+        qemu = tb.get("qemu") or {}
+        table = Table(title=f"{tb['testbed']} ({tb['phase']}, {tb['accelerator']}, kernel {tb['kernel'].get('release', '?')}, "
+                            f"qemu {qemu.get('kind', '?')} {qemu.get('version', '')})")
+        for col in ("node", "state", "ssh", "address", "MHD", "memdev", "serial", "region", "size", "dax", "path"):
             table.add_column(col)
+        # The path each head really takes, as QEMU reports it (not as configured).
+        observed = {(h["node"], h["mhd"]): h for h in tb.get("cxl_paths", [])}
         for n in tb["nodes"]:
             cxl = n.get("cxl") or [{}]
             for i, dev in enumerate(cxl):
                 size = dev.get("size")
+                head = observed.get((n["name"], dev.get("mhd", "")))
+                path = "" if head is None else (
+                    f"{head['observed']} (configured {head['configured']}: FELL BACK)" if head["fell_back"]
+                    else head["observed"])
                 table.add_row(n["name"] if i == 0 else "", n["state"] if i == 0 else "",
                               f"127.0.0.1:{n['ssh']['port']}" if i == 0 else "", n["address"] if i == 0 else "",
                               dev.get("mhd", ",".join(n["mhds"])), dev.get("memdev", ""), dev.get("serial", ""),
                               dev.get("region", ""), f"{int(size, 16) >> 20} MiB" if size else "",
-                              dev.get("path", ""))
+                              dev.get("path", ""), path)
         out.print(table)
     return 0
 
@@ -377,6 +392,25 @@ def cmd_kernel(args: argparse.Namespace, ops: Ops) -> int:
     return 0
 
 
+def cmd_qemu(args: argparse.Namespace, ops: Ops) -> int:
+    if args.op == "list":
+        table = Table(title="cached QEMU builds")
+        for col in ("kind", "version", "key", "build s", "jobs", "patches", "directory"):
+            table.add_column(col)
+        for q in ops.list_qemus():
+            table.add_row(q.get("kind", "?"), q.get("version", "?"), q.get("key", "-"), str(q.get("build_seconds", "-")),
+                          str(q.get("jobs", "-")), str(len(q.get("patches", {}))), q["dir"])
+        out.print(table)
+        return 0
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: must be at least 1")
+    t0 = time.monotonic()
+    with PhaseProgress("qemu", 1) as progress:
+        emu = ops.build_qemu(progress, args.jobs)
+    out.print(f"qemu {emu.version}: {emu.path} ({time.monotonic() - t0:.0f}s)")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace, ops: Ops) -> int:
     from testbed.scenario import commands
 
@@ -398,7 +432,7 @@ def cmd_compare(args: argparse.Namespace, ops: Ops) -> int:
 DISPATCH: dict[Verb, Callable[[argparse.Namespace, Ops], int]] = {
     Verb.UP: cmd_up, Verb.DOWN: cmd_down, Verb.STATUS: cmd_status, Verb.EXEC: cmd_exec,
     Verb.SSH: cmd_ssh, Verb.CONSOLE: cmd_console, Verb.DOCTOR: cmd_doctor, Verb.DEMO: cmd_demo,
-    Verb.IMAGE: cmd_image, Verb.KERNEL: cmd_kernel,
+    Verb.IMAGE: cmd_image, Verb.KERNEL: cmd_kernel, Verb.QEMU: cmd_qemu,
     Verb.RUN: cmd_run, Verb.REPORT: cmd_report, Verb.COMPARE: cmd_compare,
 }
 

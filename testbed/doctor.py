@@ -8,7 +8,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed import accel, daemons, kernel, paths
+from testbed import accel, daemons, kernel, paths, qemu
 from testbed.errors import TestbedError
 from testbed.hostcmd import run
 from testbed.topology import KernelKind, host_facts
@@ -41,6 +41,26 @@ def _qemu() -> Check:
     return Check("qemu", True, f"QEMU {ver[0]}.{ver[1]} with cxl-type3, pxb-cxl, cxl-rp")
 
 
+def _patched_qemu() -> Check:
+    """The emulator topologies use by default: built from qemu-patches/, with the direct path."""
+    try:
+        key = qemu.build_key(qemu.TARBALL_SHA256)["key"]
+    except TestbedError as exc:
+        return Check("qemu-patched", False, str(exc), "restore qemu-patches/ from git")
+    rows = [r for r in qemu.cached() if r.get("kind") == "patched"]
+    current = next((r for r in rows if r.get("key") == key), None)
+    fix = "testbed qemu build   (make demo and make test run it; cached by content hash)"
+    if current is None:
+        older = " (only a build of other patches is cached)" if rows else ""
+        return Check("qemu-patched", False, f"the patched QEMU for this checkout (key {key}) is not built{older}", fix)
+    exe = Path(current["dir"]) / "bin" / "qemu-system-x86_64"
+    props = run([exe, "-device", "cxl-type3,help"], check=False).stdout or ""
+    if "direct-map=" not in props:
+        return Check("qemu-patched", False, f"{exe} has no cxl-type3 direct-map property", fix)
+    return Check("qemu-patched", True, f"{current.get('version', '?')} with {len(current.get('patches', {}))} patches "
+                 f"(key {key}): non-interleaved CXL memory is direct-mapped")
+
+
 def _libvirt() -> Check:
     try:
         daemons.ensure_running()
@@ -63,9 +83,10 @@ def _tools() -> list[Check]:
 def _kvm() -> Check:
     try:
         kern = kernel.resolve(KernelKind.DEBIAN)
+        emu = qemu.build()
     except TestbedError as exc:
-        return Check("kvm", False, f"cannot fetch the probe kernel: {exc}", DEPS)
-    ok, why = accel.probe_kvm(kern)
+        return Check("kvm", False, f"cannot fetch the probe kernel or emulator: {exc}", DEPS)
+    ok, why = accel.probe_kvm(kern, emu.path)
     if ok:
         return Check("kvm", True, f"{why}: accelerator auto picks kvm")
     return Check("kvm", True, f"{why}: accelerator auto picks tcg (slower, but CXL memory is usable as memory)")
@@ -94,7 +115,7 @@ def _root() -> Check:
 
 
 def run_checks() -> list[Check]:
-    checks = [_root(), _qemu(), *_tools(), _libvirt(), *_memory_disk()]
+    checks = [_root(), _qemu(), _patched_qemu(), *_tools(), _libvirt(), *_memory_disk()]
     if all(c.ok for c in checks):
         checks.append(_kvm())
     return checks

@@ -86,6 +86,9 @@ def _customise(root: Path, name: str) -> None:
     # both bookworm x86-64, so the host compiler builds it for the guest).
     run(["gcc", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", root / "usr" / "lib" / "cxltb" / "libcxlcache.so",
          AGENT_DIR / "native" / "cxlcache.c"])
+    # Memory bandwidth, latency and sharing checks on CXL and local memory (tests and bench/).
+    run(["gcc", "-O2", "-Wall", "-Werror", "-o", root / "usr" / "local" / "bin" / "cxlmem",
+         AGENT_DIR / "native" / "cxlmem.c"])
     # CRIU's template restore: the cxltb_mmt plugin, against the image's own criu headers.
     with tempfile.TemporaryDirectory() as build:
         run(["make", "-s", "-C", CRIU_MMT, f"CRIU_INC={root / 'usr' / 'include'}", f"BUILD={build}"])

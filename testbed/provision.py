@@ -17,7 +17,7 @@ from pathlib import Path
 import libvirt
 
 from testbed import accel as accel_mod
-from testbed import daemons, image, kernel, names, paths, remote, render
+from testbed import daemons, image, kernel, names, paths, qemu, remote, render
 from testbed import state as st
 from testbed.errors import NodeError, TestbedError, UserError
 from testbed.hostcmd import run
@@ -282,13 +282,16 @@ def up(topo: Topology, progress: Progress = _noprogress) -> tuple[st.State, bool
         sweep(conn, topo.name)
         progress("kernel", f"kernel {topo.kernel}")
         kern = kernel.resolve(topo.kernel)
+        progress("qemu", f"qemu {topo.qemu}")
+        emu = qemu.resolve(topo.qemu)
         progress("image", f"image {topo.image}")
         base = image.build(topo.image)
-        acc = accel_mod.resolve(topo.accelerator, kern)
+        acc = accel_mod.resolve(topo.accelerator, kern, emu.path)
         t_ready = time.monotonic()
         ports = _free_ports(len(topo.nodes))
         state = st.State(topo.name, topo.source, topo.text, config_hash(topo), accel=str(acc),
                          kernel={"kind": str(kern.kind), "release": kern.release, "dir": str(kern.directory)},
+                         qemu={"kind": str(emu.kind), "path": str(emu.path), "version": emu.version, "key": emu.key},
                          image=str(base.path))
         for node, port in zip(topo.nodes, ports, strict=True):
             state.nodes[node.name] = st.NodeState(node.name, names.domain(topo.name, node.name), port,
@@ -304,7 +307,7 @@ def up(topo: Topology, progress: Progress = _noprogress) -> tuple[st.State, bool
             _create_backing(tx, topo)
             for node in topo.nodes:
                 _prepare_node(tx, topo, node.name, base.path, client_pub)
-                xml = render.domain_xml(topo, node, accel=acc, kernel=kern,
+                xml = render.domain_xml(topo, node, accel=acc, kernel=kern, emulator=emu.path,
                                         ssh_port=state.nodes[node.name].ssh_port, layout=layout)
                 tx.record(st.Kind.DOMAIN, names.domain(topo.name, node.name))
                 conn.createXML(xml, 0)

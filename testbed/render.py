@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import jinja2
 
 from testbed import names
 from testbed.kernel import Kernel
-from testbed.topology import Accel, Node, Topology
+from testbed.topology import Accel, CxlPath, Node, QemuKind, Topology
 
-EMULATOR = "/usr/bin/qemu-system-x86_64"
 CMDLINE = "console=ttyS0 loglevel=4 panic=-1 mitigations=off"
 CTL_PCI_SLOT = 0x10  # below 0x1f (ICH9) and above libvirt's own root ports in slot 1
 CXL_PCI_SLOT = 0x11
@@ -38,6 +38,11 @@ _env = jinja2.Environment(
 )
 
 
+def device_id(k: int) -> str:
+    """QOM id of a node's k-th CXL Type-3 device (its k-th MHD head); QMP reads it back."""
+    return f"cxltb-vmem{k}"
+
+
 def qemu_args(topo: Topology, node: Node, ssh_port: int, layout: names.Layout) -> list[str]:
     args = ["-machine", "cxl=on"]
     args += ["-netdev", f"user,id=tbctl,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"]
@@ -53,8 +58,10 @@ def qemu_args(topo: Topology, node: Node, ssh_port: int, layout: names.Layout) -
         args += ["-device", f"pxb-cxl,bus_nr={CXL_BUS_BASE + k * CXL_BUS_STRIDE},bus=pcie.0,"
                  f"id=cxl.{k},addr={CXL_PCI_SLOT + k:#x}"]
         args += ["-device", f"cxl-rp,port=0,bus=cxl.{k},id=cxltb-rp{k},chassis={100 + k},slot=0"]
+        # Debian's QEMU has no direct-map property: it only has the MMIO path.
+        direct = "" if topo.qemu is QemuKind.DEBIAN else f",direct-map={'on' if mhd.path is CxlPath.DIRECT else 'off'}"
         args += ["-device", f"cxl-type3,bus=cxltb-rp{k},volatile-memdev=cxltb-mem{k},"
-                 f"id=cxltb-vmem{k},sn={names.serial(mhd.index, head)}"]
+                 f"id={device_id(k)},sn={names.serial(mhd.index, head)}{direct}"]
         fmw.append(f"cxl-fmw.{k}.targets.0=cxl.{k},cxl-fmw.{k}.size={mhd.window}")
     if fmw:
         args += ["-M", ",".join(fmw)]
@@ -72,7 +79,7 @@ def node_env(topo: Topology, node: Node) -> str:
             f"DATA_IP={node.address}\nHOSTS_LINES='{hosts}'\nMHDS='{mhds}'\n")
 
 
-def domain_xml(topo: Topology, node: Node, *, accel: Accel, kernel: Kernel, ssh_port: int,
+def domain_xml(topo: Topology, node: Node, *, accel: Accel, kernel: Kernel, emulator: Path, ssh_port: int,
                layout: names.Layout) -> str:
     maxmem = node.memory + sum(m.window for m in topo.mhds_of(node.name))
     return _env.get_template("domain.xml.j2").render(
@@ -84,7 +91,7 @@ def domain_xml(topo: Topology, node: Node, *, accel: Accel, kernel: Kernel, ssh_
         maxmem_mib=max(maxmem, 2 * node.memory) >> 20,
         kernel=kernel,
         cmdline=CMDLINE,
-        emulator=EMULATOR,
+        emulator=emulator,
         overlay=layout.overlay(node.name),
         network=names.network(topo.name),
         data_mac=names.mac(topo.name, node.name, "data"),

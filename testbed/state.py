@@ -44,6 +44,7 @@ class State:
     phase: Phase = Phase.CREATING
     accel: str = ""
     kernel: dict[str, str] = field(default_factory=dict)
+    qemu: dict[str, str] = field(default_factory=dict)
     image: str = ""
     objects: list[dict[str, str]] = field(default_factory=list)
     nodes: dict[str, NodeState] = field(default_factory=dict)

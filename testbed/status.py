@@ -8,7 +8,7 @@ from typing import Any
 
 import libvirt
 
-from testbed import daemons, names, paths, remote
+from testbed import cxlpath, daemons, names, paths, remote
 from testbed import state as st
 from testbed.errors import NodeError, UserError
 from testbed.provision import endpoint
@@ -66,9 +66,10 @@ def testbed_status(conn: libvirt.virConnect, testbed: str, probe: bool = True) -
             node["kernel"] = info.get("kernel")
             node["ready_s"] = info.get("ready_s")
             node["cxl"] = info.get("cxl", [])
+    heads = [h.as_dict() for h in cxlpath.for_state(conn, state)] if running else []
     return {"testbed": testbed, "phase": str(state.phase), "topology": state.topology_file,
-            "accelerator": state.accel, "kernel": state.kernel, "image": state.image,
-            "timings": state.timings, "nodes": nodes}
+            "accelerator": state.accel, "kernel": state.kernel, "qemu": state.qemu, "image": state.image,
+            "timings": state.timings, "nodes": nodes, "cxl_paths": heads}
 
 
 def all_status(testbeds: list[str], probe: bool = True) -> list[dict[str, Any]]:

@@ -36,6 +36,16 @@ class KernelKind(StrEnum):
     MM_TEMPLATE_DEBUG = "mm-template-debug"  # DEBUG_VM, lockdep: for the slow test tier
 
 
+class QemuKind(StrEnum):
+    PATCHED = "patched"  # built from qemu-patches/: non-interleaved CXL memory is direct-mapped
+    DEBIAN = "debian"    # bookworm-backports' QEMU 10.0.2: every CXL access is MMIO
+
+
+class CxlPath(StrEnum):
+    DIRECT = "direct"  # the window maps the device's memory as RAM (needs qemu: patched)
+    MMIO = "mmio"      # every access goes through QEMU's CXL decode callbacks
+
+
 class Backing(StrEnum):
     SHM = "shm"
     HUGETLBFS = "hugetlbfs"
@@ -66,6 +76,7 @@ class MhdSpec:
     backing: Backing = Backing.SHM
     hugetlbfs: str = "/dev/hugepages"
     window: Size = Size(4 * GiB)
+    path: CxlPath = CxlPath.DIRECT
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,7 @@ class RawTopology:
     image: str = "bookworm"
     kernel: KernelKind = KernelKind.MM_TEMPLATE
     accelerator: Accel = Accel.AUTO
+    qemu: QemuKind = QemuKind.PATCHED
     network: NetworkSpec = NetworkSpec()
 
 
@@ -95,6 +107,7 @@ class Mhd:
     backing: Backing
     hugetlbfs: str
     window: int
+    path: CxlPath = CxlPath.DIRECT
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,7 @@ class Topology:
     kernel: KernelKind
     accelerator: Accel
     subnet: str
+    qemu: QemuKind = QemuKind.PATCHED
     text: str = field(default="", repr=False, compare=False)
 
     def node(self, name: str) -> Node:
@@ -235,10 +249,13 @@ def parse(doc: Document, host: HostFacts | None = None) -> Topology:
                 raise doc.error((*kp, "heads", j), f"node {head!r} is a head of more than {MAX_MHDS_PER_NODE} MHDs")
         if m.backing is Backing.HUGETLBFS and not m.hugetlbfs.startswith("/"):
             raise doc.error((*kp, "hugetlbfs"), "must be an absolute path to a hugetlbfs mount")
-        mhds.append(Mhd(m.name, i, int(m.size), tuple(heads), m.backing, m.hugetlbfs, int(m.window)))
+        if m.path is CxlPath.DIRECT and raw.qemu is QemuKind.DEBIAN:
+            raise doc.error((*kp, "path"), "direct needs `qemu: patched` (Debian's QEMU maps CXL memory "
+                            "only as MMIO); use `path: mmio` or `qemu: patched`")
+        mhds.append(Mhd(m.name, i, int(m.size), tuple(heads), m.backing, m.hugetlbfs, int(m.window), m.path))
 
     topo = Topology(raw.name, doc.path, tuple(nodes), tuple(mhds), raw.image, raw.kernel,
-                    raw.accelerator, str(net))
+                    raw.accelerator, str(net), raw.qemu)
     if host is not None:
         check_host(doc, topo, host)
     return topo
@@ -267,4 +284,4 @@ def load(path: Path | str, host: HostFacts | None = None, text: str | None = Non
     return dataclasses.replace(topo, text=src)
 
 
-__all__ = ["Accel", "Backing", "HostFacts", "KernelKind", "Mhd", "Node", "Topology", "convert", "load"]
+__all__ = ["Accel", "Backing", "CxlPath", "HostFacts", "KernelKind", "Mhd", "Node", "QemuKind", "Topology", "convert", "load"]

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from testbed import names
+from testbed import fidelity, names
 from testbed.errors import NodeError, TestbedError, UserError
 from testbed.scenario import arrivals, plots, report, results
 from testbed.scenario.assertions import check
@@ -38,6 +38,13 @@ from testbed.scenario.schema import Mode, Scenario, Step, Workload
 
 log = logging.getLogger("testbed")
 MEMORY_TIMEOUT = 30.0
+
+
+def _default_cxl_paths(state: Any) -> list[dict[str, Any]]:
+    from testbed import cxlpath, daemons
+
+    with daemons.connection() as conn:
+        return [h.as_dict() for h in cxlpath.for_state(conn, state)]
 
 
 def _default_agent(node: Any, timeout: float) -> AbstractContextManager[Any]:
@@ -57,6 +64,8 @@ class Backend:
     host_facts: Callable[[], Any]
     agent: Callable[[Any, float], AbstractContextManager[Any]] = _default_agent
     host_meta: Callable[[], dict[str, Any]] = results.host_meta
+    # state -> each head's CXL path as QEMU reports it (cxlpath.HeadPath.as_dict)
+    cxl_paths: Callable[[Any], list[dict[str, Any]]] = _default_cxl_paths
     console: Console = field(default_factory=lambda: Console(stderr=True))
 
     @classmethod
@@ -205,6 +214,20 @@ class Runner:
                                "nodes": list(state.nodes), "brought_up_by_run": created,
                                "kept": bool(self.opts.keep or not created), "timings": dict(state.timings)}
             meta["accelerator"] = state.accel
+            meta["qemu"] = results.qemu_info(dict(getattr(state, "qemu", {}) or {}))
+            self._fidelity(meta, state, "cxl_paths")
+
+    def _fidelity(self, meta: dict[str, Any], state: Any, key: str) -> None:
+        """Read each head's path back from QEMU and state what emulation distorts."""
+        try:
+            heads = self.backend.cxl_paths(state)
+        except TestbedError as exc:
+            heads = []
+            self.failures.append({"time": results.now(), "phase": "cxl-paths", "where": "", "type": type(exc).__name__,
+                                  "error": str(exc)})
+        meta[key] = heads
+        meta["emulation"] = {"accelerator": state.accel, "distortions": fidelity.distortions(
+            state.accel, [*meta.get("cxl_paths", []), *meta.get("cxl_paths_end", [])])}
 
     # --- remote work ----------------------------------------------------------------------
 
@@ -482,6 +505,8 @@ class Runner:
                 t = time.monotonic()
                 self.units(done, raw)
                 self.timings["units_s"] = round(time.monotonic() - t, 3)
+                # Read again while the testbed is up: a head that fell back during the run shows.
+                self._fidelity(meta, state, "cxl_paths_end")
         except _Stopped:
             pass
         except Failure as exc:

@@ -56,6 +56,12 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 METRIC_HEADER = ("mode", "n", "errors", "metric", *STAT_COLUMNS)
 
 
+def _qemu(info: Any) -> str:
+    if isinstance(info, dict):
+        return f"{info.get('kind', '?')} {info.get('version', '?')}" + (f" (key {info['key']})" if info.get("key") else "")
+    return str(info or "?")
+
+
 def markdown(summary: dict[str, Any], meta: dict[str, Any], failures: Sequence[dict[str, Any]],
              plots: Sequence[str]) -> str:
     scn = meta.get("scenario", {})
@@ -70,7 +76,17 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], failures: Sequence[d
                f"{tb.get('accelerator', '?')}, guest kernel {tb.get('kernel', {}).get('release', '?')}")
     out.append(f"- seed {scn.get('seed', '?')}, repetitions {scn.get('repetitions', '?')}, warm-up {scn.get('warmup', '?')}; "
                f"git {str(git.get('commit') or '?')[:12]}{' (dirty)' if git.get('dirty') else ''}; "
-               f"QEMU {meta.get('qemu') or '?'}; host CPU {(meta.get('host') or {}).get('cpu') or '?'}\n")
+               f"QEMU {_qemu(meta.get('qemu'))}; host CPU {(meta.get('host') or {}).get('cpu') or '?'}\n")
+    heads = meta.get("cxl_paths") or []
+    if heads:
+        out.append("- CXL path per head, as QEMU reported it at the start: " + ", ".join(
+            f"{h['node']}/{h['mhd']} {h['observed']}{' (FELL BACK from ' + h['configured'] + ')' if h.get('fell_back') else ''}"
+            for h in heads) + "\n")
+    notes = (meta.get("emulation") or {}).get("distortions") or []
+    if notes:
+        out.append("## What emulation distorts\n")
+        out.extend(f"- {n}" for n in notes)
+        out.append("")
     out.append("## Metrics per workload\n")
     out.append("Times in ms; statistics over measured invocations that succeeded (warm-up excluded); "
                "percentiles interpolate linearly between ranks.\n")

@@ -258,11 +258,25 @@ def kernel_info(state_kernel: dict[str, str]) -> dict[str, Any]:
     return info
 
 
+def qemu_info(state_qemu: dict[str, str]) -> dict[str, Any]:
+    """The emulator the testbed's domains run, with the patch hashes of a patched build."""
+    info: dict[str, Any] = dict(state_qemu)
+    exe = state_qemu.get("path")
+    meta_file = Path(exe).parent.parent / "meta.json" if exe else None
+    if meta_file is not None and meta_file.exists():
+        try:
+            meta: dict[str, Any] = json.loads(meta_file.read_text())
+            for key in ("patches", "configure", "tarball_sha256", "recipe"):
+                if key in meta:
+                    info[key] = meta[key]
+        except (OSError, ValueError):
+            pass
+    return info
+
+
 def host_meta() -> dict[str, Any]:
-    qemu = _cmd(["qemu-system-x86_64", "--version"])
     return {
         "git": git_info(),
-        "qemu": qemu.splitlines()[0] if qemu else None,
         "libvirt": _cmd(["virsh", "--version"]),
         "libvirtd": _cmd(["libvirtd", "--version"]),
         "host": {"cpu": host_cpu(), "cpus": os.cpu_count(), "kernel": platform.release(),

@@ -17,7 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden"
 HOST = HostFacts(mem_available=64 << 30, cpus=8)
 KERNEL = Kernel(KernelKind.DEBIAN, "6.12.95+deb12-amd64", Path("/cache/kernels/debian-0123456789ab"))
-CASES = [("two-node", "node0", Accel.TCG), ("two-node", "node1", Accel.KVM), ("four-node", "node2", Accel.TCG)]
+EMULATOR = Path("/cache/qemu/patched-0123456789ab/bin/qemu-system-x86_64")
+CASES = [("two-node", "node0", Accel.TCG), ("two-node", "node1", Accel.KVM), ("four-node", "node2", Accel.TCG),
+         ("two-node-mmio", "node0", Accel.TCG), ("two-node-debian-qemu", "node1", Accel.TCG)]
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +39,7 @@ def _check(name: str, text: str) -> None:
 @pytest.mark.parametrize(("tb", "node", "accel"), CASES)
 def test_domain_xml_golden(tb: str, node: str, accel: Accel) -> None:
     topo = load(REPO / "testbeds" / f"{tb}.yaml", HOST)
-    xml = render.domain_xml(topo, topo.node(node), accel=accel, kernel=KERNEL, ssh_port=40022,
+    xml = render.domain_xml(topo, topo.node(node), accel=accel, kernel=KERNEL, emulator=EMULATOR, ssh_port=40022,
                             layout=names.Layout(topo.name))
     _check(f"{tb}.{node}.{accel}.xml", xml)
 
@@ -97,3 +99,13 @@ def test_node_env_is_shell_safe() -> None:
     for line in env.splitlines():
         key, _, value = line.partition("=")
         assert (key.isupper() and not any(c in value for c in '"`$\\;&|<>')) or key == "HOSTS_LINES"
+
+
+@pytest.mark.parametrize(("tb", "want"), [("two-node", ",direct-map=on"), ("two-node-mmio", ",direct-map=off"),
+                                          ("two-node-debian-qemu", "")])
+def test_cxl_path_switch_reaches_the_type3_device(tb: str, want: str) -> None:
+    """The topology's path becomes the patched device's direct-map property; Debian's QEMU,
+    which has no such property, gets none (it would refuse to start)."""
+    topo = load(REPO / "testbeds" / f"{tb}.yaml", HOST)
+    (dev,) = [a for a in render.qemu_args(topo, topo.nodes[0], 1, names.Layout(topo.name)) if a.startswith("cxl-type3")]
+    assert dev.endswith(want) and ("direct-map" in dev) == bool(want)
