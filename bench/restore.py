@@ -1,10 +1,13 @@
 """Restore benchmark: for each workload and mode, startup latency (median, P99) and local memory
 per instance at 1, 4 and 16 instances alive, in one run. Snapshots are taken on node0 into the
 shared CXL store and restored on node1. Brings up its own testbed (`rstbench`, from
-testbeds/two-node-large.yaml) and tears it down.
+testbeds/two-node-large.yaml) and tears it down; with --qemu patched,debian it does the whole
+run once on each emulator (the patched QEMU's direct CXL path, then Debian's MMIO-only QEMU)
+and prints them side by side.
 
     python bench/restore.py [--counts 1,4,16] [--workloads hello,...,heap] [--heap-mib 256]
                             [--sandbox-workloads hello,heap] [--sandbox-runs 20]
+                            [--qemu patched,debian]
 
 startup = request received by the agent -> instance ready (answers a ping: for restores that is
 after `criu restore` returned and the process runs; for cold, after the function's
@@ -24,8 +27,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from testbed import names, provision, remote
-from testbed.pytest_plugin import renamed_topology
 from testbed.topology import host_facts, load
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +59,7 @@ def run_json(node: remote.GuestNode, argv: list[str]) -> list[dict[str, Any]]:
 def measure(node: remote.GuestNode, fn: str, counts: list[int]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for mode in MODES:
-        per: dict[str, Any] = {"startup_ms": [], "counts": {}}
+        per: dict[str, Any] = {"startup_ms": [], "first_request_ms": [], "e2e_ms": [], "counts": {}}
         for n in counts:
             recs = run_json(node, ["tbagent", "snap", "run", fn, "--mode", mode, "--count", str(n),
                                    "--event", json.dumps(EVENTS[fn])])
@@ -65,13 +69,16 @@ def measure(node: remote.GuestNode, fn: str, counts: list[int]) -> dict[str, Any
                 raise SystemExit(f"{fn} {mode}: {bad[0]['error']}")
             starts = [r["startup_ms"] for r in inst]
             per["startup_ms"] += starts
+            per["first_request_ms"] += [r["first_request_ms"] for r in inst]
+            per["e2e_ms"] += [r["e2e_ms"] for r in inst]
             per["counts"][n] = {"startup_median_ms": statistics.median(starts),
                                 "first_request_median_ms": statistics.median(r["first_request_ms"] for r in inst),
                                 "local_kib_per_instance": summary["local_kib_per_instance"],
                                 "pss_local_kib_per_instance": summary["pss_local_kib"] / n,
                                 "rss_cxl_kib_per_instance": summary["rss_cxl_kib"] / n}
-        per["startup_median_ms"] = statistics.median(per["startup_ms"])
-        per["startup_p99_ms"] = pct(per["startup_ms"], 99)
+        for key in ("startup", "first_request", "e2e"):
+            per[f"{key}_median_ms"] = statistics.median(per[f"{key}_ms"])
+            per[f"{key}_p99_ms"] = pct(per[f"{key}_ms"], 99)
         out[mode] = per
     return out
 
@@ -125,6 +132,66 @@ def report(data: dict[str, Any], counts: list[int]) -> None:
                       f"| {d['e2e_median_ms']:.1f} | {d['e2e_p99_ms']:.1f} |")
 
 
+def topology_file(tmp: Path, qemu: str) -> Path:
+    """two-node-large under this bench's name, on the given emulator (Debian's has only MMIO)."""
+    data: dict[str, Any] = yaml.safe_load((REPO / "testbeds" / "two-node-large.yaml").read_text())
+    data["name"] = f"{NAME}-{qemu[:3]}"
+    data["qemu"] = qemu
+    for mhd in data["mhds"]:
+        mhd["path"] = "direct" if qemu == "patched" else "mmio"
+    out = tmp / f"{data['name']}.yaml"
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+def run_one(qemu: str, args: argparse.Namespace, counts: list[int], tmp: Path) -> dict[str, Any]:
+    data: dict[str, Any] = {"heap_mib": args.heap_mib, "counts": counts, "workloads": {}}
+    topo = load(topology_file(tmp, qemu), host_facts())
+    try:
+        state, _ = provision.up(topo)
+        data["qemu"] = dict(state.qemu)
+        lay = names.Layout(topo.name)
+        with remote.guest("node0", provision.endpoint(lay, state.nodes["node0"])) as n0, \
+                remote.guest("node1", provision.endpoint(lay, state.nodes["node1"])) as n1:
+            n0.run(["tbagent", "store", "format", "mhd0"])
+            for fn in args.workloads.split(","):
+                argv = ["tbagent", "snap", "take", fn, fn, "--warm", json.dumps(EVENTS[fn])]
+                if fn == "heap":
+                    argv += ["--env", f"HEAP_MIB={args.heap_mib}"]
+                data.setdefault("snapshots", {})[fn] = run_json(n0, argv)[0]
+                data["workloads"][fn] = measure(n1, fn, counts)
+                data["workloads"][fn] = json.loads(json.dumps(data["workloads"][fn]))  # int keys -> str
+                print(f"{qemu}: {fn}: done", flush=True)
+            sbx = [w for w in args.sandbox_workloads.split(",") if w]
+            if sbx:
+                n1.run(["tbagent", "sandbox", "pool", "--size", "1", "--max", "4"])
+                data["sandboxed"] = {fn: measure_sandboxed(n1, fn, args.sandbox_runs) for fn in sbx}
+                n1.run(["tbagent", "sandbox", "stop"])
+    finally:
+        provision.down(topo.name)
+    return data
+
+
+def compare(runs: dict[str, dict[str, Any]]) -> None:
+    """The emulators side by side: P99 startup, first request and end to end per mode."""
+    if len(runs) < 2:
+        return
+    kinds = list(runs)
+    print("\n| workload | mode | " + " | ".join(f"{q} P99 startup / first request / e2e (ms)" for q in kinds) + " |")
+    print("|---|---|" + "---|" * len(kinds))
+    first = runs[kinds[0]]
+    for fn, modes in first["workloads"].items():
+        for mode in modes:
+            cells = []
+            for q in kinds:
+                d = runs[q]["workloads"][fn][mode]
+                cells.append(f"{d['startup_p99_ms']:.0f} / {d['first_request_p99_ms']:.0f} / {d['e2e_p99_ms']:.0f}")
+            print(f"| {fn} | {mode} | " + " | ".join(cells) + " |")
+    print("\ne2e P99 template/criu (below 1: TrEnv's path is faster): " + ", ".join(
+        f"{q} {fn} {r['workloads'][fn]['template']['e2e_p99_ms'] / r['workloads'][fn]['criu']['e2e_p99_ms']:.2f}"
+        for q, r in runs.items() for fn in r["workloads"]))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--counts", default="1,4,16")
@@ -133,43 +200,33 @@ def main() -> int:
     ap.add_argument("--touch-pct", type=float, default=1.0, help="heap pages each request reads")
     ap.add_argument("--sandbox-workloads", default="hello,heap", help="also measured inside sandboxes ('' for none)")
     ap.add_argument("--sandbox-runs", type=int, default=20)
+    ap.add_argument("--qemu", default="patched", help="emulators to run on, in order: patched,debian")
     ap.add_argument("--json", type=Path, help="also save the raw figures here")
     ap.add_argument("--report", type=Path, metavar="JSON", help="print the tables of an earlier run's --json file")
     args = ap.parse_args()
     if args.report:
         old = json.loads(args.report.read_text())
-        report(old, old["counts"])
+        for q, r in old["runs"].items():
+            print(f"\n## {q}")
+            report(r, r["counts"])
+        compare(old["runs"])
         return 0
     counts = [int(c) for c in args.counts.split(",")]
+    kinds = args.qemu.split(",")
+    if not set(kinds) <= {"patched", "debian"}:
+        ap.error(f"--qemu: {args.qemu!r}: use patched, debian or both")
     EVENTS["heap"]["touch_pct"] = args.touch_pct
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
-    data: dict[str, Any] = {"heap_mib": args.heap_mib, "counts": counts, "workloads": {}}
+    runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        topo = load(renamed_topology(REPO / "testbeds" / "two-node-large.yaml", NAME, Path(tmp)), host_facts())
-        try:
-            state, _ = provision.up(topo)
-            lay = names.Layout(topo.name)
-            with remote.guest("node0", provision.endpoint(lay, state.nodes["node0"])) as n0, \
-                    remote.guest("node1", provision.endpoint(lay, state.nodes["node1"])) as n1:
-                n0.run(["tbagent", "store", "format", "mhd0"])
-                for fn in args.workloads.split(","):
-                    argv = ["tbagent", "snap", "take", fn, fn, "--warm", json.dumps(EVENTS[fn])]
-                    if fn == "heap":
-                        argv += ["--env", f"HEAP_MIB={args.heap_mib}"]
-                    data.setdefault("snapshots", {})[fn] = run_json(n0, argv)[0]
-                    data["workloads"][fn] = measure(n1, fn, counts)
-                    data["workloads"][fn] = json.loads(json.dumps(data["workloads"][fn]))  # int keys -> str
-                    print(f"{fn}: done", flush=True)
-                sbx = [w for w in args.sandbox_workloads.split(",") if w]
-                if sbx:
-                    n1.run(["tbagent", "sandbox", "pool", "--size", "1", "--max", "4"])
-                    data["sandboxed"] = {fn: measure_sandboxed(n1, fn, args.sandbox_runs) for fn in sbx}
-                    n1.run(["tbagent", "sandbox", "stop"])
-        finally:
-            provision.down(topo.name)
+        for q in kinds:
+            runs[q] = run_one(q, args, counts, Path(tmp))
     if args.json:
-        args.json.write_text(json.dumps(data, indent=1))
-    report(data, counts)
+        args.json.write_text(json.dumps({"runs": runs}, indent=1))
+    for q, r in runs.items():
+        print(f"\n## {q} ({r['qemu'].get('version', '?')})")
+        report(r, counts)
+    compare(runs)
     return 0
 
 

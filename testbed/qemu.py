@@ -139,12 +139,15 @@ def _emulator(final: Path) -> Path:
     return final / "bin" / "qemu-system-x86_64"
 
 
+def _version(exe: Path) -> str:
+    m = re.search(r"version (\S+)", run([exe, "--version"]).stdout)
+    return m.group(1) if m else "?"
+
+
 def debian() -> Emulator:
     if not DEBIAN_EMULATOR.exists():
         raise UserError(f"{DEBIAN_EMULATOR} missing: run `make deps` (installs QEMU 10 from bookworm-backports)")
-    out = run([DEBIAN_EMULATOR, "--version"]).stdout
-    m = re.search(r"version (\S+)", out)
-    return Emulator(QemuKind.DEBIAN, DEBIAN_EMULATOR, m.group(1) if m else "?")
+    return Emulator(QemuKind.DEBIAN, DEBIAN_EMULATOR, _version(DEBIAN_EMULATOR))
 
 
 def cached() -> list[dict[str, Any]]:
@@ -193,7 +196,7 @@ def build(progress: Progress | None = None, jobs: int | None = None) -> Emulator
         for item in (stage / PREFIX.lstrip("/")).iterdir():
             item.rename(out / item.name)
         shutil.rmtree(stage)
-        version = run([_emulator(out), "--version"]).stdout.splitlines()[0]
+        version = _version(_emulator(out))
         stats = run(["ccache", "-s"], env=env, check=False).stdout or ""
         cache.write_json(out / "meta.json", {
             "kind": str(QemuKind.PATCHED), **key, "version": version,

@@ -8,7 +8,7 @@ import pytest
 
 from testbed import cli
 from testbed.errors import ConfigError
-from testbed.topology import Accel, Backing, HostFacts, KernelKind, load
+from testbed.topology import Accel, Backing, CxlPath, HostFacts, KernelKind, QemuKind, load
 from testbed.yamlfile import Size
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,6 +29,14 @@ def test_two_node_defaults() -> None:
     assert topo.accelerator is Accel.AUTO and topo.kernel is KernelKind.MM_TEMPLATE
     (mhd,) = topo.mhds
     assert mhd.heads == ("node0", "node1") and mhd.size == 512 << 20 and mhd.backing is Backing.SHM
+    assert topo.qemu is QemuKind.PATCHED and mhd.path is CxlPath.DIRECT
+
+
+@pytest.mark.parametrize(("name", "qemu", "path"), [("two-node-mmio", QemuKind.PATCHED, CxlPath.MMIO),
+                                                    ("two-node-debian-qemu", QemuKind.DEBIAN, CxlPath.MMIO)])
+def test_shipped_mmio_topologies(name: str, qemu: QemuKind, path: CxlPath) -> None:
+    topo = load(REPO / "testbeds" / f"{name}.yaml", BIG_HOST)
+    assert topo.qemu is qemu and [m.path for m in topo.mhds] == [path]
 
 
 def test_four_node_has_a_node_on_both_mhds() -> None:
@@ -75,6 +83,9 @@ BAD = [
     ("nodes not a list", BASE.replace("nodes:\n  - name: a\n  - name: b\n", "nodes: lots\n"), 2, "nodes", "expected a count"),
     ("vcpus wrong type", BASE.replace("  - name: a\n", "  - name: a\n    vcpus: two\n"), 4, "nodes[0].vcpus", "expected an integer"),
     ("invalid yaml", "name: [t\n", 2, "", "invalid YAML"),
+    ("bad qemu", BASE + "qemu: mine\n", 9, "qemu", "one of patched, debian"),
+    ("bad cxl path", BASE + "    path: fast\n", 9, "mhds[0].path", "one of direct, mmio"),
+    ("direct path on debian qemu", "qemu: debian\n" + BASE, 7, "mhds[0].path", "direct needs `qemu: patched`"),
 ]
 
 
