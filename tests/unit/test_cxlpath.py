@@ -39,7 +39,7 @@ class Conn:
     def __init__(self, variants: dict[str, str]) -> None:
         self.variants = variants
 
-    def lookupByName(self, name: str) -> Any:  # noqa: N802 - libvirt's name
+    def lookupByName(self, name: str) -> Any:
         if name not in self.variants:
             raise libvirt.libvirtError(f"Domain not found: no domain with matching name '{name}'")
         return RecordedDomain(self.variants[name])
