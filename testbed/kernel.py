@@ -12,6 +12,7 @@ import glob
 import lzma
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from testbed.topology import KernelKind
 DEBIAN_PACKAGE = "linux-image-6.12.95+deb12-amd64-unsigned"
 # Modules the initramfs loads, in dependency order, to mount an ext4 root on virtio-blk.
 BOOT_MODULES = ("virtio_blk", "crc32c_generic", "ext4")
+# What the accelerator probe's initramfs loads to commit a CXL RAM region and map it by device-dax.
+PROBE_MODULES = ("cxl_acpi", "cxl_pci", "cxl_port", "cxl_mem", "dax_cxl", "device_dax")
+CXLMEM_SOURCE = paths.REPO / "guest-agent" / "native" / "cxlmem.c"
 INITRAMFS_DIR = paths.REPO / "images" / "initramfs"
 BUSYBOX = Path("/bin/busybox")
 
@@ -44,6 +48,11 @@ class Kernel:
     @property
     def modules_img(self) -> Path:
         return self.directory / "modules.img"
+
+    @property
+    def probe_initramfs(self) -> Path:
+        """The accelerator probe's initramfs (Debian's kernel only): CXL and dax modules, cxlmem."""
+        return self.directory / "probe-initramfs.img"
 
 
 def module_closure(modroot: Path, release: str, names: tuple[str, ...]) -> list[str]:
@@ -80,20 +89,33 @@ def module_closure(modroot: Path, release: str, names: tuple[str, ...]) -> list[
     return order
 
 
-def build_initramfs(modroot: Path, release: str, out: Path) -> None:
+def _modules(modroot: Path, release: str, names: tuple[str, ...], order_file: str) -> list[cpio.Entry]:
     base = modroot / "lib" / "modules" / release
-    entries = [cpio.directory(d) for d in ("bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules")]
-    entries.append(cpio.regular("bin/busybox", BUSYBOX.read_bytes(), 0o755))
-    entries.append(cpio.regular("init", (INITRAMFS_DIR / "init").read_bytes(), 0o755))
-    order = []
-    for rel in module_closure(modroot, release, BOOT_MODULES):
+    entries, order = [], []
+    for rel in module_closure(modroot, release, names):
         data = (base / rel).read_bytes()
         name = Path(rel).name
         if name.endswith(".xz"):
             data, name = lzma.decompress(data), name[:-3]
         entries.append(cpio.regular(f"lib/modules/{name}", data))
         order.append(name)
-    entries.append(cpio.regular("modules.order", ("\n".join(order) + "\n").encode()))
+    entries.append(cpio.regular(order_file, ("\n".join(order) + "\n").encode()))
+    return entries
+
+
+def build_initramfs(modroot: Path, release: str, out: Path, probe: bool = False) -> None:
+    """The boot initramfs; with probe, the accelerator probe's (CXL modules, a static cxlmem)."""
+    entries = [cpio.directory(d) for d in ("bin", "dev", "proc", "sys", "newroot", "lib", "lib/modules")]
+    entries.append(cpio.regular("bin/busybox", BUSYBOX.read_bytes(), 0o755))
+    entries.append(cpio.regular("init", (INITRAMFS_DIR / "init").read_bytes(), 0o755))
+    entries += _modules(modroot, release, BOOT_MODULES, "modules.order")
+    if probe:
+        entries += _modules(modroot, release, PROBE_MODULES, "probe.order")
+        entries.append(cpio.regular("bin/probe-cxl", (INITRAMFS_DIR / "probe-cxl").read_bytes(), 0o755))
+        with tempfile.TemporaryDirectory() as tmp:
+            exe = Path(tmp) / "cxlmem"
+            run(["gcc", "-O2", "-Wall", "-Werror", "-static", "-o", exe, CXLMEM_SOURCE])
+            entries.append(cpio.regular("bin/cxlmem", exe.read_bytes(), 0o755))
     out.write_bytes(cpio.gzip_newc(entries))
 
 
@@ -106,7 +128,7 @@ def build_modules_image(modroot: Path, out: Path) -> None:
 
 
 def recipe_hash(extra: str) -> str:
-    return cache.hash_files([INITRAMFS_DIR], paths.REPO, [extra, BUSYBOX.name,
+    return cache.hash_files([INITRAMFS_DIR, CXLMEM_SOURCE], paths.REPO, [extra, BUSYBOX.name,
                             str(BUSYBOX.stat().st_size) if BUSYBOX.exists() else "none",
                             Path(__file__).read_text()])[:12]
 
@@ -130,6 +152,7 @@ def debian_kernel() -> Kernel:
         run(["depmod", "-b", root, release])
         shutil.copyfile(root / "boot" / f"vmlinuz-{release}", tmp / "vmlinuz")
         build_initramfs(root, release, tmp / "initramfs.img")
+        build_initramfs(root, release, tmp / "probe-initramfs.img", probe=True)
         build_modules_image(root, tmp / "modules.img")
         shutil.rmtree(root)
         cache.write_json(tmp / "meta.json", {"kind": "debian", "release": release, "package": DEBIAN_PACKAGE})

@@ -286,7 +286,7 @@ def up(topo: Topology, progress: Progress = _noprogress) -> tuple[st.State, bool
         emu = qemu.resolve(topo.qemu)
         progress("image", f"image {topo.image}")
         base = image.build(topo.image)
-        acc = accel_mod.resolve(topo.accelerator, kern, emu.path)
+        acc = accel_mod.resolve(topo.accelerator, emu.path)
         t_ready = time.monotonic()
         ports = _free_ports(len(topo.nodes))
         state = st.State(topo.name, topo.source, topo.text, config_hash(topo), accel=str(acc),
