@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ sys.path.insert(0, str(REPO / "guest-agent"))
 
 from tbagent import serve  # noqa: E402
 from tbagent.store import Store, StoreError, StoreFull  # noqa: E402
-from tbagent.store.layout import REC, STATE_OFFSET, State  # noqa: E402
+from tbagent.store.layout import HWM, HWM_OFF, PAGE, REC, REC_MAGIC, SB, STATE_OFFSET, Kind, State, record_crc  # noqa: E402
 
 SIZE = 64 << 20
 
@@ -215,3 +216,155 @@ def test_serve_replies_to_every_line() -> None:
     assert [r.get("error", {}).get("code") for r in replies[1:]] == ["bad-json", "bad-version", "unknown-op", "bad-args",
                                                                       "bad-request"]
     assert replies[0]["result"]["protocol"] == 1 and all(r["v"] == 1 for r in replies)
+
+
+def _forge(st: Store, head: int, slot: int, seq: int, kind: int, payload: bytes) -> None:
+    """A published record with a valid checksum, as a buggy or hostile head could write it."""
+    off = st.sb.slot_offset(head, slot)
+    st.mm[off + REC.size : off + REC.size + len(payload)] = payload
+    st.mm[off : off + REC.size] = REC.pack(REC_MAGIC, State.PUBLISHED, seq, kind, head, len(payload),
+                                           record_crc(seq, kind, head, payload))
+
+
+def _names(st: Store) -> set[str]:
+    return {r.name for r in st.templates()}
+
+
+def test_seq_not_reused_after_another_heads_delete_and_gc(device: str) -> None:
+    with Store(device, 0) as a, Store(device, 1) as b:
+        a.publish("one", [b"1"])
+        two = a.publish("two", [b"2"])
+        b.delete("two")  # the delete record naming (0, two.seq) stays in head 1's slots
+        a.gc()
+        three = a.publish("three", [b"3"])
+        assert three.seq > two.seq
+        assert _names(b) == {"one", "three"}
+        a.gc()
+        assert _names(a) == {"one", "three"}
+        assert b.read_extent(b.find("three").extents[0]) == b"3"
+        assert b.check()["ok"]
+
+
+def test_seq_never_repeats_across_reclaim_and_reopen(device: str) -> None:
+    seqs = []
+    for i in range(3):
+        with Store(device, 0) as a:  # a new Store each time, as after a reboot of the node
+            rec = a.publish(f"t{i}", [b"x"])
+            seqs.append(rec.seq)
+            a.delete(f"t{i}")
+            assert a.gc()["reclaimed_records"] == 1  # the template, then its now spent delete record
+            assert a.gc()["reclaimed_records"] == 1
+        with Store(device, 0) as a:  # no record of head 0 is left
+            assert not [r for r in a.scan().records if r.head == 0]
+    assert seqs == sorted(set(seqs)), seqs
+
+
+def test_seq_mark_survives_its_slots_being_reused(device: str) -> None:
+    """The stored mark, not the slots, carries the count: fill, reclaim and refill every slot."""
+    with Store(device, 0) as a:
+        first = [a.publish(f"a{i}", [b"x"]).seq for i in range(16)]
+        for i in range(16):
+            a.delete(f"a{i}")
+        a.gc()
+        second = [a.publish(f"b{i}", [b"x"]).seq for i in range(16)]
+        assert min(second) > max(first)
+
+
+def test_seq_without_a_stored_mark_counts_other_heads_deletes(device: str) -> None:
+    """A version 1 store has no mark: the delete records that name a head still bound it."""
+    with Store(device, 0) as a, Store(device, 1) as b:
+        a.publish("one", [b"1"])
+        two = a.publish("two", [b"2"])
+        b.delete("two")
+        a.gc()
+        two_slot = a.sb.slot_offset(0, two.slot)
+        a.mm[two_slot : two_slot + REC.size] = bytes(REC.size)  # as a version 1 agent left it
+        a.mm[HWM_OFF : HWM_OFF + HWM.size] = bytes(HWM.size)
+        three = a.publish("three", [b"3"])
+        assert three.seq > two.seq and _names(b) == {"one", "three"}
+
+
+def test_version1_store_is_still_read_and_written(device: str) -> None:
+    with Store(device, 0) as a:
+        a.publish("old", [b"o"])
+        raw = bytearray(a.mm[: SB.size])
+        raw[8:12] = struct.pack("<I", 1)  # the version field
+        raw[-4:] = struct.pack("<I", zlib.crc32(bytes(raw[:-4])))
+        a.mm[: SB.size] = bytes(raw)
+        a.mm[SB.size : PAGE] = os.urandom(PAGE - SB.size)  # version 1 never formatted this part
+    with Store(device, 1) as b:
+        assert b.sb.version == 1
+        b.publish("new", [b"n"])
+        assert _names(b) == {"old", "new"} and b.check()["ok"]
+
+
+_OUT_OF_RANGE = """
+import json, sys
+from tbagent.store import Store, StoreError
+out = {}
+with Store(sys.argv[1], 0) as st:
+    out["check"] = st.check()
+    out["names"] = sorted(r.name for r in st.templates())
+    for name in ("far", "before", "fine"):
+        try:
+            out[name] = len(st.read_extent(st.find(name).extents[0]))
+        except StoreError as exc:
+            out[name] = str(exc)
+    for off in (1 << 40, -8192, st.size):
+        try:
+            st.read_extent({"off": off, "len": 4096, "crc": 0})
+        except StoreError as exc:
+            out[str(off)] = "refused"
+print(json.dumps(out))
+"""
+
+
+def test_out_of_range_extent_is_reported_not_flushed(device: str) -> None:
+    with Store(device, 1) as b:
+        b.publish("fine", [b"f" * 4096])
+        for slot, (name, off) in enumerate((("far", 1 << 40), ("before", -8192)), start=5):
+            body = json.dumps({"name": name, "extents": [{"off": off, "len": 4096, "crc": 0}], "meta": {}}).encode()
+            _forge(b, 1, slot, 100 + slot, Kind.TEMPLATE, body)
+    # In a child process: before the fix the cache flush of such an extent killed it with SIGSEGV.
+    env = {**os.environ, "PYTHONPATH": str(REPO / "guest-agent")}
+    res = subprocess.run([sys.executable, "-c", _OUT_OF_RANGE, device], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
+    out = json.loads(res.stdout)
+    assert out["names"] == ["fine"] and out["fine"] == 4096
+    assert "no template named" in out["far"] and "no template named" in out["before"]
+    assert sorted((p["slot"], p["status"]) for p in out["check"]["problems"]) == [(5, "bad-extent"), (6, "bad-extent")]
+    assert all(out[str(off)] == "refused" for off in (1 << 40, -8192)) and str(SIZE) in out
+
+
+_BAD_PAYLOADS: list[tuple[Kind, bytes]] = [
+    (Kind.TEMPLATE, b"[]"),
+    (Kind.DELETE, b'{"name":"one","seq":1}'),  # no head
+    (Kind.TEMPLATE, b"[" * 2000 + b"]" * 2000),
+    (Kind.TEMPLATE, b'{"name":"s","extents":"nope","meta":{}}'),
+    (Kind.TEMPLATE, b'{"name":"m","extents":[],"meta":[]}'),
+    (Kind.TEMPLATE, b'{"name":7,"extents":[],"meta":{}}'),
+    (Kind.TEMPLATE, b'{"name":"b","extents":[{"off":true,"len":1,"crc":0}],"meta":{}}'),
+    (Kind.DELETE, b'{"name":"one","head":9,"seq":1}'),
+    (Kind.DELETE, b'{"name":"one","head":0,"seq":"1"}'),
+    (Kind.TEMPLATE, b'{"name":"deep","extents":[],"meta":' + b'{"a":' * 40 + b"1" + b"}" * 41),
+    (Kind.TEMPLATE, b"\xff\xfe"),
+]
+
+
+def test_checksummed_bad_payloads_are_reported_and_skipped(device: str) -> None:
+    with Store(device, 0) as a, Store(device, 1) as b:
+        a.publish("one", [b"1" * 4096])
+        for i, (kind, body) in enumerate(_BAD_PAYLOADS):
+            _forge(b, 1, 10 + i, 50 + i, kind, body)
+        for st in (a, b):
+            assert _names(st) == {"one"}
+            report = st.check()
+            assert not report["ok"] and report["templates"] == 1
+            assert sorted(p["slot"] for p in report["problems"]) == [10 + i for i in range(len(_BAD_PAYLOADS))]
+            assert {p["status"] for p in report["problems"]} <= {"invalid", "corrupt", "bad-extent"}
+            st.gc()
+        b.publish("two", [b"2"])  # neither the bad slots nor their sequence numbers are reused
+        assert b.find("two").seq > 50 + len(_BAD_PAYLOADS) - 1
+        a.delete("one")
+        assert _names(b) == {"two"}
+        assert a.read_extent(a.find("two").extents[0]) == b"2"

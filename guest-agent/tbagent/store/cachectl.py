@@ -24,13 +24,22 @@ class CacheCtl:
         self.buf = buf
         self.base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
+    def _span(self, off: int, length: int) -> None:
+        # clflush on an address outside the mapping faults the whole process: refuse here too,
+        # whatever the caller checked.
+        if not 0 <= off <= len(self.buf) or not 0 <= length <= len(self.buf) - off:
+            raise ValueError(f"cache range {off:#x}+{length:#x} lies outside the {len(self.buf):#x}-byte mapping")
+
     def flush(self, off: int, length: int) -> None:
+        self._span(off, length)
         self.lib.cxl_flush(self.base + off, length)
 
     def invalidate(self, off: int, length: int) -> None:
+        self._span(off, length)
         self.lib.cxl_invalidate(self.base + off, length)
 
     def publish_u32(self, off: int, value: int) -> None:
         if off % 4:
             raise ValueError("publication flag must be 4-byte aligned")
+        self._span(off, 4)
         self.lib.cxl_publish_u32(self.base + off, value)
