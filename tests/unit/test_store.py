@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO / "guest-agent"))
 
 from tbagent import serve  # noqa: E402
 from tbagent.store import Store, StoreError, StoreFull  # noqa: E402
+from tbagent.store import cli as store_cli  # noqa: E402
 from tbagent.store.layout import HWM, HWM_OFF, PAGE, REC, REC_MAGIC, SB, STATE_OFFSET, Kind, State, record_crc  # noqa: E402
 
 SIZE = 64 << 20
@@ -368,3 +369,50 @@ def test_checksummed_bad_payloads_are_reported_and_skipped(device: str) -> None:
         a.delete("one")
         assert _names(b) == {"two"}
         assert a.read_extent(a.find("two").extents[0]) == b"2"
+
+
+@pytest.fixture
+def as_head1(device: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """`tbagent store` operations run as head 1 of the test device, whatever the MHD name."""
+    monkeypatch.setattr(store_cli, "open_store", lambda mhd, head=None: Store(device, 1 if head is None else head))
+    return device
+
+
+@pytest.mark.parametrize("bad", ["../../x", "/ABS/x", "sub/x", "..", "a\0b", ""])
+def test_get_out_refuses_names_outside_the_directory(as_head1: str, tmp_path: Path, bad: str) -> None:
+    bad = bad.replace("/ABS", str(tmp_path / "abs"))
+    (tmp_path / "abs").mkdir()
+    out = tmp_path / "a" / "b" / "out"
+    with Store(as_head1, 0) as a:  # another node's agent, buggy or hostile, skipping put's check
+        a.publish("evil", [b"pwned", b"ok"], {"files": [bad, "fine"]})
+    with pytest.raises(StoreError, match="plain file name"):
+        store_cli.op_get("mhd0", "evil", str(out))
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file() and p.parent.name != "locks")
+    assert written == ["dev"], written  # nothing at all, not even the good name
+    with pytest.raises(StoreError, match="plain file name"):
+        store_cli.op_put("mhd0", "evil2", [as_head1], {"files": [bad]})
+
+
+def test_get_out_replaces_a_symlink_instead_of_following_it(as_head1: str, tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.write_bytes(b"precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "snap.img").symlink_to(target)
+    (out / "extent1").mkdir()  # a name in the way is an error, not a write through it
+    with Store(as_head1, 0) as a:
+        a.publish("t", [b"data"], {"files": ["snap.img"]})
+        a.publish("u", [b"one", b"two"], {"files": ["u.img"]})
+    got = store_cli.op_get("mhd0", "t", str(out))
+    assert got["bytes"] == 4 and target.read_bytes() == b"precious"
+    assert not (out / "snap.img").is_symlink() and (out / "snap.img").read_bytes() == b"data"
+    with pytest.raises(StoreError, match="writing u into"):
+        store_cli.op_get("mhd0", "u", str(out))
+    assert sorted(p.name for p in out.iterdir()) == ["extent1", "snap.img", "u.img"]  # no temporary left
+
+
+def test_get_out_refuses_duplicate_names(as_head1: str, tmp_path: Path) -> None:
+    with Store(as_head1, 0) as a:
+        a.publish("d", [b"1", b"2"], {"files": ["x", "x"]})
+    with pytest.raises(StoreError, match="twice"):
+        store_cli.op_get("mhd0", "d", str(tmp_path / "out"))
