@@ -14,6 +14,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -416,3 +417,35 @@ def test_get_out_refuses_duplicate_names(as_head1: str, tmp_path: Path) -> None:
         a.publish("d", [b"1", b"2"], {"files": ["x", "x"]})
     with pytest.raises(StoreError, match="twice"):
         store_cli.op_get("mhd0", "d", str(tmp_path / "out"))
+
+
+def _serve(lines: list[str]) -> list[dict[str, Any]]:
+    out = io.StringIO()
+    assert serve.serve(io.StringIO("\n".join(lines) + "\n"), out) == 0
+    return [json.loads(x) for x in out.getvalue().splitlines()]
+
+
+def test_serve_malformed_requests_get_errors_and_serving_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(serve.OPS, "weird", lambda: {"x": object()})  # a result JSON cannot carry
+    monkeypatch.setattr(serve, "MAX_LINE", 200_000, raising=False)
+    lines = ['{"v":1,"id":1,"op":[]}', "[" * 100_000, '{"v":1,"id":[1],"op":"ping"}', '{"v":1,"id":2,"op":{"a":1}}',
+             '{"v":[[[]]],"id":3,"op":"ping"}', '{"v":1,"id":4,"op":"ping","args":[]}', '{"v":1,"id":5,"op":"weird"}',
+             '{"v":1,"id":6,"op":"ping","args":' + "[" * 50 + "]" * 50 + "}", "[" * 300_000, '"\\ud800"', "NaN",
+             '{"v":1,"id":7,"op":"ping"}']
+    replies = _serve(lines)
+    assert len(replies) == len(lines) and all(r["v"] == 1 and set(r) >= {"id", "ok"} for r in replies)
+    assert [r["ok"] for r in replies] == [False] * (len(lines) - 1) + [True]
+    assert [r["error"]["code"] for r in replies[:-1]] == ["unknown-op", "bad-json", "bad-request", "unknown-op", "bad-version",
+                                                         "bad-request", "internal", "bad-json", "too-large", "bad-request",
+                                                         "bad-request"]
+    assert [r["id"] for r in replies] == [1, None, None, 2, 3, 4, 5, None, None, None, None, 7]
+
+
+def test_serve_through_a_pipe_survives_bad_bytes() -> None:
+    """The real `tbagent serve` process: invalid UTF-8 and deep nesting, then a ping still answered."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "guest-agent")}
+    feed = b'{"v":1,"id":1,"op":[]}\n\xff\xfe\x00garbage\n' + b"[" * 100_000 + b'\n{"v":1,"id":9,"op":"ping"}\n'
+    res = subprocess.run([sys.executable, "-m", "tbagent.cli", "serve"], input=feed, capture_output=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    replies = [json.loads(x) for x in res.stdout.splitlines()]
+    assert [r["ok"] for r in replies] == [False, False, False, True] and replies[-1]["id"] == 9
