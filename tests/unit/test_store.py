@@ -22,9 +22,16 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "guest-agent"))
 
 from tbagent import serve  # noqa: E402
-from tbagent.store import Store, StoreError, StoreFull  # noqa: E402
+from tbagent.store import (  # noqa: E402
+    Store,
+    StoreError,
+    StoreFull,
+    cachectl,
+)
 from tbagent.store import cli as store_cli  # noqa: E402
 from tbagent.store.layout import HWM, HWM_OFF, PAGE, REC, REC_MAGIC, SB, STATE_OFFSET, Kind, State, record_crc  # noqa: E402
+
+from tests.unit.noncoherent import Fabric, Violation  # noqa: E402
 
 SIZE = 64 << 20
 
@@ -223,9 +230,8 @@ def test_serve_replies_to_every_line() -> None:
 def _forge(st: Store, head: int, slot: int, seq: int, kind: int, payload: bytes) -> None:
     """A published record with a valid checksum, as a buggy or hostile head could write it."""
     off = st.sb.slot_offset(head, slot)
-    st.mm[off + REC.size : off + REC.size + len(payload)] = payload
-    st.mm[off : off + REC.size] = REC.pack(REC_MAGIC, State.PUBLISHED, seq, kind, head, len(payload),
-                                           record_crc(seq, kind, head, payload))
+    st._write(off + REC.size, payload)
+    st._write(off, REC.pack(REC_MAGIC, State.PUBLISHED, seq, kind, head, len(payload), record_crc(seq, kind, head, payload)))
 
 
 def _names(st: Store) -> set[str]:
@@ -449,3 +455,90 @@ def test_serve_through_a_pipe_survives_bad_bytes() -> None:
     assert res.returncode == 0, res.stderr[-2000:]
     replies = [json.loads(x) for x in res.stdout.splitlines()]
     assert [r["ok"] for r in replies] == [False, False, False, True] and replies[-1]["id"] == 9
+
+
+NC_SIZE = 8 << 20
+
+
+@pytest.fixture
+def fabric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fabric:
+    """Every Store opened in the test gets its own non-coherent cache over the device."""
+    fab = Fabric()
+    monkeypatch.setattr(cachectl, "attach", fab.attach)
+    return fab
+
+
+@pytest.fixture
+def nc_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fabric: Fabric) -> str:
+    monkeypatch.setattr("tbagent.store.core.LOCK_DIR", tmp_path / "locks")
+    path = tmp_path / "ncdev"
+    with open(path, "wb") as fh:
+        fh.truncate(NC_SIZE)
+    Store.format(str(path), 0, nheads=2, slots=32).close()
+    return str(path)
+
+
+def test_two_heads_on_a_noncoherent_device(nc_device: str, fabric: Fabric) -> None:
+    with Store(nc_device, 0) as a, Store(nc_device, 1) as b:  # both attached (caches filled) up front
+        blob = os.urandom(70000)
+        a.publish("one", [b"1" * 5000, blob])
+        assert b.read_extent(b.find("one").extents[1]) == blob
+        b.publish("two", [b"2" * 4096])
+        assert a.read_extent(a.find("two").extents[0]) == b"2" * 4096
+        b.delete("one")
+        assert a.gc()["reclaimed_records"] == 1  # A sees B's delete record
+        a.publish("three", [b"3" * 8192])  # into the slot and the space "one" had, which B has read before
+        assert b.read_extent(b.find("three").extents[0]) == b"3" * 8192
+        assert b.gc()["reclaimed_records"] == 1
+        assert {r.name for r in a.templates()} == {"two", "three"} and a.check()["ok"] and b.check()["ok"]
+    ops = [op for _, op, _, _ in fabric.events]
+    assert ops.count("publish") >= 5 and ops.count("invalidate") > ops.count("publish")
+
+
+@pytest.mark.parametrize("scenario", ["test_publish_list_read", "test_duplicate_name_refused", "test_manifest_full_then_gc",
+                                      "test_delete_and_gc_free_space", "test_seq_not_reused_after_another_heads_delete_and_gc",
+                                      "test_checksummed_bad_payloads_are_reported_and_skipped"])
+def test_scenarios_hold_on_a_noncoherent_device(nc_device: str, scenario: str) -> None:
+    globals()[scenario](nc_device)
+
+
+def test_noncoherent_fake_catches_a_missing_flush(nc_device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake has teeth: the store with the flush after a write deleted fails on it."""
+    def write_without_flush(self: Store, off: int, data: bytes | bytearray | memoryview) -> None:
+        self.mm[off : off + len(data)] = data
+
+    with Store(nc_device, 0) as a:
+        monkeypatch.setattr(Store, "_write", write_without_flush)
+        with pytest.raises(Violation, match="written but not flushed"):
+            a.publish("one", [b"1" * 4096])
+
+
+def test_noncoherent_fake_catches_a_missing_invalidate(nc_device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def read_without_invalidate(self: Store, off: int, length: int) -> bytes:
+        return bytes(self.mm[off : off + length])
+
+    with Store(nc_device, 0) as a, Store(nc_device, 1) as b:
+        b.templates()
+        a.publish("one", [b"1" * 4096])
+        monkeypatch.setattr(Store, "_read", read_without_invalidate)
+        with pytest.raises(Violation, match="since this view last invalidated"):
+            b.templates()
+
+
+def test_noncoherent_fake_catches_a_flag_before_its_data(nc_device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A data flush that comes only after the publication flag is as bad as none."""
+    flushes: list[tuple[int, int]] = []
+    real_write = Store._write
+
+    def deferred_data_flush(self: Store, off: int, data: bytes | bytearray | memoryview) -> None:
+        if off >= self.sb.data_off:
+            self.mm[off : off + len(data)] = data
+            flushes.append((off, len(data)))
+        else:
+            real_write(self, off, data)
+
+    with Store(nc_device, 0) as a:
+        monkeypatch.setattr(Store, "_write", deferred_data_flush)
+        with pytest.raises(Violation, match="written but not flushed"):
+            a.publish("one", [b"1" * 4096])
+        assert flushes

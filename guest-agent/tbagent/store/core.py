@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import mmap
 import os
 import uuid as uuidlib
 import zlib
@@ -14,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tbagent.store import schema
-from tbagent.store.cachectl import CacheCtl
+from tbagent.store import cachectl, schema
 from tbagent.store.layout import (
     EXTENT_ALIGN,
     HWM,
@@ -83,17 +81,22 @@ class Slot:
 class Store:
     """One head's view of the store on a dax device (or, in tests, a plain file)."""
 
-    def __init__(self, path: str, head: int) -> None:
+    def __init__(self, path: str, head: int, attach: cachectl.Attach | None = None) -> None:
         self.path = path
         self.head = head
         self.fd = os.open(path, os.O_RDWR)
-        self.size = _device_size(path, self.fd)
-        self.mm = mmap.mmap(self.fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self.cache = CacheCtl(self.mm)
+        try:
+            self.size = _device_size(path, self.fd)
+            # Looked up at call time, so a test can swap in a fake for every Store it opens.
+            self.mm, self.cache = (attach or cachectl.attach)(self.fd, self.size)
+        except BaseException:
+            os.close(self.fd)
+            raise
         self._sb: Superblock | None = None
 
     def close(self) -> None:
-        del self.cache  # releases the buffer export held by ctypes
+        self.cache.close()
+        del self.cache  # releases any buffer export held by ctypes before the unmap
         self.mm.close()
         os.close(self.fd)
 
@@ -135,8 +138,8 @@ class Store:
         return self._sb
 
     @classmethod
-    def format(cls, path: str, head: int, nheads: int, slots: int = 256) -> Store:
-        store = cls(path, head)
+    def format(cls, path: str, head: int, nheads: int, slots: int = 256, attach: cachectl.Attach | None = None) -> Store:
+        store = cls(path, head, attach)
         try:
             sb = Superblock.geometry(store.size, nheads, slots, uuidlib.uuid4().bytes)
         except ValueError as exc:
