@@ -172,19 +172,17 @@ class Store:
             return Slot("garbage", why="bad record magic")
         if state not in (State.FREE, State.PUBLISHED, State.RECLAIMED):
             return Slot("garbage", why=f"state {state:#x}")
-        intact = plen <= MAX_PAYLOAD and rhead == head and kind in (Kind.TEMPLATE, Kind.DELETE) and 1 <= seq <= MAX_SEQ
-        payload = raw[REC.size : REC.size + plen] if intact else b""
-        if intact and record_crc(seq, kind, rhead, payload) != crc:
-            intact = False
+        in_range = plen <= MAX_PAYLOAD and rhead == head and kind in (Kind.TEMPLATE, Kind.DELETE) and 1 <= seq <= MAX_SEQ
+        payload = raw[REC.size : REC.size + plen] if in_range else b""
+        intact = in_range and record_crc(seq, kind, rhead, payload) == crc
+        # Even a reclaimed or unpublished header counts towards the head's sequence numbers.
         seen = seq if intact else 0
         if state == State.RECLAIMED:
             return Slot("reclaimed", seq=seen)
         if state == State.FREE:
             return Slot("unpublished", why=f"state {state:#x}", seq=seen)
         if not intact:
-            why = "checksum mismatch" if plen <= MAX_PAYLOAD and rhead == head and 1 <= seq <= MAX_SEQ \
-                and kind in (Kind.TEMPLATE, Kind.DELETE) else "header fields out of range"
-            return Slot("corrupt", why=why)
+            return Slot("corrupt", why="checksum mismatch" if in_range else "header fields out of range")
         try:
             data = schema.decode(Kind(kind), payload, self.sb.section(head), self.sb.nheads)
         except schema.RecordError as exc:
@@ -283,7 +281,10 @@ class Store:
     def publish(self, name: str, blobs: Sequence[Blob], meta: dict[str, Any] | None = None) -> Record:
         """Publish a template of several blobs; a blob is bytes or a sequence of chunks (written
         one after the other, so a large snapshot is never copied into one buffer)."""
-        schema.check_name(name)
+        try:
+            schema.check_name(name)
+        except schema.RecordError as exc:
+            raise StoreError(str(exc)) from None
         parts = [[b] if isinstance(b, bytes | bytearray | memoryview) else list(b) for b in blobs]
         with self._locked():
             scan = self.scan()
