@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "guest-agent"))
 
-from tbagent import serve  # noqa: E402
+from tbagent import boundedjson, serve  # noqa: E402
 from tbagent.store import (  # noqa: E402
     Store,
     StoreError,
@@ -348,6 +348,7 @@ _BAD_PAYLOADS: list[tuple[Kind, bytes]] = [
     (Kind.TEMPLATE, b"[]"),
     (Kind.DELETE, b'{"name":"one","seq":1}'),  # no head
     (Kind.TEMPLATE, b"[" * 2000 + b"]" * 2000),
+    (Kind.TEMPLATE, b"[" * 4000),  # as deep as a slot allows, never closed
     (Kind.TEMPLATE, b'{"name":"s","extents":"nope","meta":{}}'),
     (Kind.TEMPLATE, b'{"name":"m","extents":[],"meta":[]}'),
     (Kind.TEMPLATE, b'{"name":7,"extents":[],"meta":{}}'),
@@ -542,3 +543,11 @@ def test_noncoherent_fake_catches_a_flag_before_its_data(nc_device: str, monkeyp
         with pytest.raises(Violation, match="written but not flushed"):
             a.publish("one", [b"1" * 4096])
         assert flushes
+
+
+def test_bounded_json_counts_only_brackets_outside_strings() -> None:
+    assert boundedjson.loads('{"a":"[[[[{{{{\\"[[[["}', 100, 1) == {"a": '[[[[{{{{"[[[['}
+    assert boundedjson.loads("[[1],[2]]", 100, 2) == [[1], [2]]
+    for text, why in (("[[[1]]]", "depth 3"), ("[" * 5000, "depth 5000"), ("1" * 101, "exceeds 100"), (b"\xff", "UTF-8")):
+        with pytest.raises(ValueError, match=why):
+            boundedjson.loads(text, 100 if len(text) < 200 else 10_000, 2)

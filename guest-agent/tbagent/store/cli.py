@@ -66,6 +66,8 @@ def _write_into(dirfd: int, name: str, data: bytes) -> None:
 
 
 def op_put(mhd: str, name: str, files: list[str], meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    if meta is not None and not isinstance(meta, dict):
+        raise StoreError("--meta must be a JSON object")
     meta = {"files": [Path(f).name for f in files], **(meta or {})}
     out_names(meta["files"], len(files))  # refused here already, so no reader has to
     blobs = [Path(f).read_bytes() for f in files]
