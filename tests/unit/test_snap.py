@@ -162,6 +162,75 @@ def test_untar_takes_plain_files_only(tmp_path: Path) -> None:
         snapshot._untar(_tar({}, link), tmp_path)
 
 
+def _gnu_sparse_tar(name: str, realsize: int) -> bytes:
+    """A tar whose one GNU sparse ('S') member holds 512 bytes at the end of `realsize` bytes of hole."""
+    info = tarfile.TarInfo(name)
+    info.size = 512
+    header = bytearray(info.tobuf(format=tarfile.GNU_FORMAT))
+    header[156:157] = tarfile.GNUTYPE_SPARSE
+
+    def octal(n: int) -> bytes:
+        return b"%011o\0" % n
+
+    header[386:410] = octal(realsize - 512) + octal(512)  # the first sparse map entry: offset, length
+    header[483:495] = octal(realsize)
+    header[148:156] = b"        "
+    header[148:155] = b"%06o\0" % sum(header)
+    return bytes(header) + b"s" * 512 + bytes(1024)
+
+
+def _pax_sparse_tar(name: str, realsize: int) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(name)
+        info.size = 512
+        info.pax_headers = {"GNU.sparse.map": "0,512", "GNU.sparse.realsize": str(realsize)}
+        tar.addfile(info, io.BytesIO(b"s" * 512))
+    return buf.getvalue()
+
+
+def _special(name: str, kind: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = "core-1.img"
+    return info
+
+
+def test_untar_refuses_sparse_links_devices_and_missing_bytes(tmp_path: Path) -> None:
+    big = 3 << 30
+    for data in (_gnu_sparse_tar("pages-1.img", big), _pax_sparse_tar("pages-1.img", big)):
+        assert len(data) <= 10 << 10  # a 10 KiB record block at most
+        with pytest.raises(ValueError, match="sparse"):
+            snapshot._untar(data, tmp_path)
+    for kind in (tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE):
+        with pytest.raises(ValueError, match="unexpected member"):
+            snapshot._untar(_tar({"core-1.img": b"x"}, _special("other.img", kind)), _fresh(tmp_path / f"k{kind!r}"))
+    # A plain member that declares more bytes than the archive holds (a truncated or forged header).
+    whole = _tar({"pages-1.img": b"p" * 4096})
+    header = bytearray(whole[:512])
+    header[124:136] = b"%011o\0" % big
+    header[148:156] = b"        "
+    header[148:155] = b"%06o\0" % sum(header)
+    with pytest.raises(ValueError, match="does not hold"):
+        snapshot._untar(bytes(header) + whole[512:], _fresh(tmp_path / "y"))
+    with pytest.raises(ValueError, match="appears twice"):
+        snapshot._untar(_tar({"a.img": b"1"}, tarfile.TarInfo("a.img")), _fresh(tmp_path / "z"))
+    assert not list((tmp_path / "y").iterdir()) and [p.name for p in (tmp_path / "z").iterdir()] == ["a.img"]
+    assert not [p for p in tmp_path.iterdir() if p.is_file()]
+
+
+def _fresh(d: Path) -> Path:
+    d.mkdir()
+    return d
+
+
+def test_untar_takes_directories_with_plain_names(tmp_path: Path) -> None:
+    d = tarfile.TarInfo("extra")
+    d.type = tarfile.DIRTYPE
+    snapshot._untar(_tar({"core-1.img": b"c"}, d), tmp_path)
+    assert (tmp_path / "extra").is_dir() and (tmp_path / "core-1.img").read_bytes() == b"c"
+
+
 def test_snapshot_names() -> None:
     assert snapshot.check_name("heap-256:v1") == "heap-256:v1"
     with pytest.raises(ValueError):

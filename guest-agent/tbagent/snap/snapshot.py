@@ -93,16 +93,51 @@ def _tar(d: Path) -> bytes:
     return buf.getvalue()
 
 
+# Bounds an image set even when the archive itself is larger (the rest of the node's disk).
+UNTAR_MAX_BYTES = 16 << 30
+_PLAIN_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE)
+
+
 def _untar(data: bytes, out: Path) -> None:
-    """Unpack an image-set tar: plain files with plain names only (bookworm's Python 3.11.2 has
-    no extraction filters, and the store is shared with other hosts)."""
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        for m in tar.getmembers():
-            if not m.isfile() or "/" in m.name or m.name.startswith("."):
-                raise ValueError(f"snapshot image set: unexpected member {m.name!r}")
-            src = tar.extractfile(m)
-            assert src is not None
-            (out / m.name).write_bytes(src.read())
+    """Unpack an image-set tar into the empty directory `out`: regular files and directories
+    with plain names only (bookworm's Python 3.11.2 has no extraction filters, and the store is
+    shared with other hosts, any of which may have written the tar).
+
+    Sparse members are refused (a few KiB can declare gigabytes of holes), and so are links,
+    devices and FIFOs; every member's bytes must be in the archive itself, so the total written
+    is bounded by the archive's size."""
+    total = 0
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:  # no decompression: no bombs
+            for m in tar:  # one member at a time: the first bad one stops everything
+                _check_member(m, len(data))
+                total += m.size
+                if total > min(len(data), UNTAR_MAX_BYTES):
+                    raise ValueError(f"snapshot image set: members total more than {min(len(data), UNTAR_MAX_BYTES)} bytes")
+                if m.isdir():
+                    (out / m.name).mkdir(mode=0o755)
+                    continue
+                src = tar.extractfile(m)
+                assert src is not None  # a regular member always has a file object
+                fd = os.open(out / m.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+                with os.fdopen(fd, "wb") as fh:
+                    shutil.copyfileobj(src, fh, 1 << 20)
+    except FileExistsError as exc:
+        raise ValueError(f"snapshot image set: member {Path(str(exc.filename)).name!r} appears twice") from None
+    except tarfile.TarError as exc:
+        raise ValueError(f"snapshot image set: not a valid tar: {exc}") from None
+
+
+def _check_member(m: tarfile.TarInfo, archive_bytes: int) -> None:
+    if m.type not in _PLAIN_TYPES or m.sparse is not None:
+        kind = "sparse file" if m.sparse is not None or m.type == tarfile.GNUTYPE_SPARSE else f"type {m.type!r}"
+        raise ValueError(f"snapshot image set: unexpected member {m.name!r} ({kind})")
+    if not m.name or "/" in m.name or "\0" in m.name or m.name.startswith("."):
+        raise ValueError(f"snapshot image set: unexpected member {m.name!r}")
+    if m.isdir():
+        return
+    if not 0 <= m.size <= archive_bytes - m.offset_data:
+        raise ValueError(f"snapshot image set: member {m.name!r} declares {m.size} bytes the archive does not hold")
 
 
 def _stripped_from(full: Path, out: Path, plan: images.Plan) -> None:

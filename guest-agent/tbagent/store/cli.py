@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,45 @@ def op_format(mhd: str, slots: int = 256, heads: int | None = None, head: int | 
         return {"heads": sb.nheads, "slots": sb.slots, "section_size": sb.section_size, "data_off": sb.data_off}
 
 
+def out_names(files: Any, count: int) -> list[str]:
+    """The names `get --out` gives a record's extents: its meta's plain file names (another
+    head wrote them, so nothing that could leave the output directory), then extentN."""
+    if not isinstance(files, list):
+        raise StoreError("the record's meta.files is not a list of file names")
+    names = [_plain_name(files[i]) if i < len(files) else f"extent{i}" for i in range(count)]
+    if len(set(names)) != len(names):
+        raise StoreError(f"the record names one output file twice: {names!r:.200}")
+    return names
+
+
+def _plain_name(name: Any) -> str:
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name or len(name.encode()) > 255:
+        raise StoreError(f"refusing output file name {name!r:.80}: a plain file name is expected")
+    return name
+
+
+def _write_into(dirfd: int, name: str, data: bytes) -> None:
+    """Write `name` in the directory `dirfd` by creating a fresh file and renaming it over the
+    name: the rename replaces a symlink or hard link already there instead of writing through it."""
+    tmp = f".tbagent-get-{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dirfd)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+    except BaseException:
+        os.unlink(tmp, dir_fd=dirfd)
+        raise
+
+
 def op_put(mhd: str, name: str, files: list[str], meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    if meta is not None and not isinstance(meta, dict):
+        raise StoreError("--meta must be a JSON object")
+    meta = {"files": [Path(f).name for f in files], **(meta or {})}
+    out_names(meta["files"], len(files))  # refused here already, so no reader has to
     blobs = [Path(f).read_bytes() for f in files]
     with open_store(mhd) as st:
-        rec = st.publish(name, blobs, {"files": [Path(f).name for f in files], **(meta or {})})
+        rec = st.publish(name, blobs, meta)
         return {"name": rec.name, "head": rec.head, "seq": rec.seq, "extents": rec.extents}
 
 
@@ -49,12 +85,19 @@ def op_list(mhd: str) -> list[dict[str, Any]]:
 def op_get(mhd: str, name: str, out: str | None = None) -> dict[str, Any]:
     with open_store(mhd) as st:
         rec = st.find(name)
-        files = rec.payload.get("meta", {}).get("files", [])
+        names = out_names(rec.payload["meta"].get("files", []), len(rec.extents)) if out else []
         datas = [st.read_extent(e) for e in rec.extents]
     if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        for i, data in enumerate(datas):
-            (Path(out) / (files[i] if i < len(files) else f"extent{i}")).write_bytes(data)
+        try:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            dirfd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                for fname, data in zip(names, datas, strict=True):
+                    _write_into(dirfd, fname, data)
+            finally:
+                os.close(dirfd)
+        except OSError as exc:
+            raise StoreError(f"writing {name} into {out}: {exc}") from None
     return {"name": name, "head": rec.head, "seq": rec.seq, "extents": rec.extents,
             "crc_ok": True, "bytes": sum(len(d) for d in datas)}
 

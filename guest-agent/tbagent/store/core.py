@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import mmap
 import os
 import uuid as uuidlib
 import zlib
@@ -14,9 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tbagent.store.cachectl import CacheCtl
+from tbagent.store import cachectl, schema
 from tbagent.store.layout import (
     EXTENT_ALIGN,
+    HWM,
+    MAX_PAYLOAD,
+    MAX_SEQ,
+    PAGE,
     REC,
     REC_MAGIC,
     SB,
@@ -25,6 +28,7 @@ from tbagent.store.layout import (
     Kind,
     State,
     Superblock,
+    hwm_crc,
     record_crc,
 )
 
@@ -61,22 +65,38 @@ class Record:
 class Scan:
     records: list[Record] = field(default_factory=list)
     problems: list[dict[str, Any]] = field(default_factory=list)
+    # The highest sequence number in each head's slots whatever their state (a reclaimed
+    # record keeps its header): with the stored mark, what a head must never issue again.
+    seqs: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Slot:
+    status: str
+    record: Record | None = None
+    why: str = ""
+    seq: int = 0  # the header's sequence number when the header is intact, else 0
 
 
 class Store:
     """One head's view of the store on a dax device (or, in tests, a plain file)."""
 
-    def __init__(self, path: str, head: int) -> None:
+    def __init__(self, path: str, head: int, attach: cachectl.Attach | None = None) -> None:
         self.path = path
         self.head = head
         self.fd = os.open(path, os.O_RDWR)
-        self.size = _device_size(path, self.fd)
-        self.mm = mmap.mmap(self.fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self.cache = CacheCtl(self.mm)
+        try:
+            self.size = _device_size(path, self.fd)
+            # Looked up at call time, so a test can swap in a fake for every Store it opens.
+            self.mm, self.cache = (attach or cachectl.attach)(self.fd, self.size)
+        except BaseException:
+            os.close(self.fd)
+            raise
         self._sb: Superblock | None = None
 
     def close(self) -> None:
-        del self.cache  # releases the buffer export held by ctypes
+        self.cache.close()
+        del self.cache  # releases any buffer export held by ctypes before the unmap
         self.mm.close()
         os.close(self.fd)
 
@@ -87,11 +107,19 @@ class Store:
         self.close()
 
     # --- low-level access: every read of another head's data is preceded by an invalidate
+    def _span(self, off: int, length: int) -> None:
+        # The cache maintenance library works on raw addresses: a range outside the mapping
+        # would fault in it, so no offset reaches it unchecked.
+        if not 0 <= off <= self.size or not 0 <= length <= self.size - off:
+            raise StoreError(f"{self.path}: range {off:#x}+{length:#x} lies outside the device's {self.size:#x} bytes")
+
     def _read(self, off: int, length: int) -> bytes:
+        self._span(off, length)
         self.cache.invalidate(off, length)
         return bytes(self.mm[off : off + length])
 
     def _write(self, off: int, data: bytes | bytearray | memoryview) -> None:
+        self._span(off, len(data))
         self.mm[off : off + len(data)] = data
         self.cache.flush(off, len(data))
 
@@ -99,20 +127,28 @@ class Store:
     def sb(self) -> Superblock:
         if self._sb is None:
             try:
-                self._sb = Superblock.unpack(self._read(0, SB.size))
+                sb = Superblock.unpack(self._read(0, SB.size))
             except ValueError as exc:
                 raise StoreError(f"{self.path}: {exc}") from None
-            if self._sb.size != self.size:
-                raise StoreError(f"{self.path}: superblock says {self._sb.size} bytes, device has {self.size}")
-            if not 0 <= self.head < self._sb.nheads:
-                raise StoreError(f"{self.path}: head {self.head} is outside the store's {self._sb.nheads} heads")
+            if sb.size != self.size:
+                raise StoreError(f"{self.path}: superblock says {sb.size} bytes, device has {self.size}")
+            if not 0 <= self.head < sb.nheads:
+                raise StoreError(f"{self.path}: head {self.head} is outside the store's {sb.nheads} heads")
+            self._sb = sb
         return self._sb
 
     @classmethod
-    def format(cls, path: str, head: int, nheads: int, slots: int = 256) -> Store:
-        store = cls(path, head)
-        sb = Superblock.geometry(store.size, nheads, slots, uuidlib.uuid4().bytes)
+    def format(cls, path: str, head: int, nheads: int, slots: int = 256, attach: cachectl.Attach | None = None) -> Store:
+        store = cls(path, head, attach)
+        try:
+            sb = Superblock.geometry(store.size, nheads, slots, uuidlib.uuid4().bytes)
+        except ValueError as exc:
+            store.close()
+            raise StoreError(str(exc)) from None
         store._write(sb.manifest_off, bytes(nheads * slots * SLOT))  # every slot FREE
+        # The whole page: the high-water marks start empty (the superblock goes last, so a
+        # format that dies half-way leaves no store behind).
+        store._write(SB.size, bytes(PAGE - SB.size))
         store._write(0, sb.pack())
         store._sb = None
         return store
@@ -127,38 +163,42 @@ class Store:
             yield
 
     # --- scanning
-    def _slot(self, head: int, index: int) -> tuple[str, Record | None, str]:
-        off = self.sb.slot_offset(head, index)
-        raw = self._read(off, SLOT)
-        magic, state, seq, kind, rhead, plen, crc = REC.unpack(raw[: REC.size])
-        if magic == 0 and state == 0 and not any(raw[: REC.size]):
-            return "free", None, ""
+    def _slot(self, head: int, index: int) -> Slot:
+        raw = self._read(self.sb.slot_offset(head, index), SLOT)
+        magic, state, seq, kind, rhead, plen, crc = REC.unpack_from(raw)
+        if not any(raw[: REC.size]):
+            return Slot("free")
         if magic != REC_MAGIC:
-            return "garbage", None, "bad record magic"
+            return Slot("garbage", why="bad record magic")
+        if state not in (State.FREE, State.PUBLISHED, State.RECLAIMED):
+            return Slot("garbage", why=f"state {state:#x}")
+        in_range = plen <= MAX_PAYLOAD and rhead == head and kind in (Kind.TEMPLATE, Kind.DELETE) and 1 <= seq <= MAX_SEQ
+        payload = raw[REC.size : REC.size + plen] if in_range else b""
+        intact = in_range and record_crc(seq, kind, rhead, payload) == crc
+        # Even a reclaimed or unpublished header counts towards the head's sequence numbers.
+        seen = seq if intact else 0
         if state == State.RECLAIMED:
-            return "reclaimed", None, ""
-        if state != State.PUBLISHED:
-            return ("unpublished" if state == State.FREE else "garbage"), None, f"state {state:#x}"
-        if plen > SLOT - REC.size or rhead != head or kind not in (Kind.TEMPLATE, Kind.DELETE):
-            return "corrupt", None, "header fields out of range"
-        payload = raw[REC.size : REC.size + plen]
-        if record_crc(seq, kind, rhead, payload) != crc:
-            return "corrupt", None, "checksum mismatch"
+            return Slot("reclaimed", seq=seen)
+        if state == State.FREE:
+            return Slot("unpublished", why=f"state {state:#x}", seq=seen)
+        if not intact:
+            return Slot("corrupt", why="checksum mismatch" if in_range else "header fields out of range")
         try:
-            data = json.loads(payload)
-        except ValueError:
-            return "corrupt", None, "payload is not JSON"
-        return "published", Record(head, index, seq, Kind(kind), data), ""
+            data = schema.decode(Kind(kind), payload, self.sb.section(head), self.sb.nheads)
+        except schema.RecordError as exc:
+            return Slot(exc.status, why=str(exc), seq=seen)
+        return Slot("published", Record(head, index, seq, Kind(kind), data), seq=seen)
 
     def scan(self) -> Scan:
         out = Scan()
         for h in range(self.sb.nheads):
             for i in range(self.sb.slots):
-                status, rec, why = self._slot(h, i)
-                if rec is not None:
-                    out.records.append(rec)
-                elif status in ("garbage", "corrupt", "unpublished"):
-                    out.problems.append({"head": h, "slot": i, "status": status, "why": why})
+                slot = self._slot(h, i)
+                out.seqs[h] = max(out.seqs.get(h, 0), slot.seq)
+                if slot.record is not None:
+                    out.records.append(slot.record)
+                elif slot.status not in ("free", "reclaimed"):
+                    out.problems.append({"head": h, "slot": i, "status": slot.status, "why": slot.why})
         return out
 
     def _live(self, scan: Scan) -> tuple[list[Record], set[tuple[int, int]]]:
@@ -202,12 +242,13 @@ class Store:
         body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
         if len(body) > SLOT - REC.size:
             raise StoreError(f"record payload of {len(body)} bytes exceeds {SLOT - REC.size}")
-        mine = [r for r in scan.records if r.head == self.head]
-        seq = max((r.seq for r in mine), default=0) + 1
-        taken = {r.slot for r in mine}
+        # A slot holding a record that failed validation is not reused: it stays for `check`.
+        taken = {r.slot for r in scan.records if r.head == self.head}
+        taken |= {p["slot"] for p in scan.problems if p["head"] == self.head and p["status"] != "unpublished"}
         free = next((i for i in range(self.sb.slots) if i not in taken), None)
         if free is None:
             raise StoreFull(f"manifest full: head {self.head} has used all {self.sb.slots} slots; run `tbagent store gc`")
+        seq = self._next_seq(scan)
         off = self.sb.slot_offset(self.head, free)
         header = REC.pack(REC_MAGIC, State.FREE, seq, kind, self.head, len(body), record_crc(seq, kind, self.head, body))
         self._write(off + REC.size, body + bytes(SLOT - REC.size - len(body)))
@@ -215,9 +256,35 @@ class Store:
         self.cache.publish_u32(off + STATE_OFFSET, State.PUBLISHED)  # the publication point
         return Record(self.head, free, seq, kind, payload)
 
+    def _stored_seq(self) -> int | None:
+        """This head's persisted high-water mark, or None where there is none (a version 1 store,
+        or a damaged line)."""
+        seq, crc = HWM.unpack(self._read(self.sb.hwm_offset(self.head), HWM.size))
+        return seq if seq <= MAX_SEQ and crc == hwm_crc(self.sb.uuid, self.head, seq) else None
+
+    def _next_seq(self, scan: Scan) -> int:
+        """A sequence number this head has never used: records are found by (head, seq), and
+        other heads' delete records (and nodes' snapshot copies) outlive the records they name."""
+        stored = self._stored_seq()
+        floor = max(stored or 0, scan.seqs.get(self.head, 0))
+        if stored is None:  # no mark yet: delete records elsewhere remember numbers we reclaimed
+            floor = max([floor, *(int(r.payload["seq"]) for r in scan.records
+                                  if r.kind is Kind.DELETE and r.payload["head"] == self.head)])
+        if floor >= MAX_SEQ:
+            raise StoreError(f"head {self.head} has used up its sequence numbers")
+        seq = floor + 1
+        # Persisted (written and flushed) before any record carries it, so a crash between
+        # the two only skips a number.
+        self._write(self.sb.hwm_offset(self.head), HWM.pack(seq, hwm_crc(self.sb.uuid, self.head, seq)))
+        return seq
+
     def publish(self, name: str, blobs: Sequence[Blob], meta: dict[str, Any] | None = None) -> Record:
         """Publish a template of several blobs; a blob is bytes or a sequence of chunks (written
         one after the other, so a large snapshot is never copied into one buffer)."""
+        try:
+            schema.check_name(name)
+        except schema.RecordError as exc:
+            raise StoreError(str(exc)) from None
         parts = [[b] if isinstance(b, bytes | bytearray | memoryview) else list(b) for b in blobs]
         with self._locked():
             scan = self.scan()
@@ -235,6 +302,10 @@ class Store:
             return self._append(scan, Kind.TEMPLATE, {"name": name, "extents": extents, "meta": meta or {}})
 
     def read_extent(self, extent: dict[str, int], verify: bool = True) -> bytes:
+        try:
+            extent = schema.extent(extent, self.sb.data_area())
+        except schema.RecordError as exc:
+            raise StoreError(str(exc)) from None
         data = self._read(extent["off"], extent["len"])
         if verify and zlib.crc32(data) != extent["crc"]:
             raise StoreError(f"extent at {extent['off']:#x} fails its checksum")
@@ -266,7 +337,8 @@ class Store:
                     freed += sum(_round(e["len"]) for e in r.extents)
             for p in scan.problems:
                 if p["head"] == self.head and p["status"] == "unpublished":
-                    self._write(self.sb.slot_offset(self.head, p["slot"]), bytes(REC.size))
+                    # Marked reclaimed rather than zeroed: the header keeps its sequence number.
+                    self.cache.publish_u32(self.sb.slot_offset(self.head, p["slot"]) + STATE_OFFSET, State.RECLAIMED)
                     abandoned += 1
             return {"reclaimed_records": reclaimed, "freed_bytes": freed, "abandoned_slots": abandoned}
 
@@ -280,6 +352,7 @@ class Store:
                 start, end = self.sb.section(r.head)
                 if not (start <= e["off"] and e["off"] + e["len"] <= end and e["off"] % EXTENT_ALIGN == 0):
                     problems.append({"head": r.head, "slot": r.slot, "status": "bad-extent", "why": f"{r.name}: {e}"})
+                    continue  # never read where a record should not point
                 for a, b, other in seen:
                     if e["off"] < b and a < e["off"] + e["len"]:
                         problems.append({"head": r.head, "slot": r.slot, "status": "overlap",
