@@ -38,7 +38,7 @@ def _qemu() -> Check:
     missing = [d for d in ("cxl-type3", "pxb-cxl", "cxl-rp") if f'"{d}"' not in devs]
     if missing:
         return Check("qemu-cxl", False, f"QEMU lacks devices {', '.join(missing)}", DEPS)
-    return Check("qemu", True, f"QEMU {ver[0]}.{ver[1]} with cxl-type3, pxb-cxl, cxl-rp")
+    return Check("qemu-debian", True, f"QEMU {ver[0]}.{ver[1]} with cxl-type3, pxb-cxl, cxl-rp (MMIO path only)")
 
 
 def _patched_qemu() -> Check:
