@@ -46,4 +46,10 @@ def test_cxl_cli_still_shows_memdev_region_and_decoders(testbed: Testbed) -> Non
         assert mem["memdev"] == "mem0" and mem["ram_size"] == 512 * MiB, mem
         (region,) = seen["regions"]
         assert region["size"] == 512 * MiB and region["interleave_ways"] == 1, region
-        assert any(d.get("region") == region["region"] for d in seen["decoders"]), seen["decoders"]
+        # cxl-cli groups decoders by level: the window, the host bridge's, the endpoint's.
+        levels = {k: v for group in seen["decoders"] for k, v in group.items()}
+        (root,) = levels["root decoders"]
+        assert root["size"] == 4 << 30 and root["interleave_ways"] == 1, root
+        for level in ("port decoders", "endpoint decoders"):
+            (dec,) = levels[level]
+            assert (dec["resource"], dec["size"], dec["interleave_ways"]) == (region["resource"], 512 * MiB, 1), dec
