@@ -125,6 +125,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="also write the figures as JSON")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # boot-time SSH retries are expected
     res: dict[str, dict[str, Stats]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for cfg in args.configs.split(","):
