@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from testbed import cache, paths
-from testbed.errors import CommandError, UserError
+from testbed import cache, patchseries, paths
+from testbed.errors import UserError
 from testbed.hostcmd import run
 from testbed.kernel import Kernel, build_initramfs, build_modules_image
 from testbed.topology import KernelKind
@@ -38,17 +38,7 @@ RECIPE = "kbuild-1"
 
 
 def series() -> list[Path]:
-    f = PATCHES / "series"
-    if not f.exists():
-        raise UserError(f"{f}: missing; the mm-template kernel needs the patch series")
-    names = [ln.split("#")[0].strip() for ln in f.read_text().splitlines()]
-    out = []
-    for n in (n for n in names if n):
-        p = PATCHES / n
-        if not p.is_file() or "/" in n:
-            raise UserError(f"{f}: names {n!r}, which is not a patch file in kernel-patches/")
-        out.append(p)
-    return out
+    return patchseries.read(PATCHES, "the mm-template kernel")
 
 
 def source_version(source: Path | None) -> str:
@@ -82,17 +72,6 @@ def _env() -> dict[str, str]:
             "CCACHE_NOHASHDIR": "1", "CCACHE_MAXSIZE": "5G",
             "KBUILD_BUILD_TIMESTAMP": "Thu Jan  1 00:00:00 UTC 2026", "KBUILD_BUILD_USER": "cxltb",
             "KBUILD_BUILD_HOST": "cxltb"}
-
-
-def _apply(tree: Path, patches: list[Path]) -> None:
-    for p in patches:
-        try:
-            run(["patch", "-p1", "--forward", "--batch", "--dry-run", "-i", p], cwd=tree)
-        except CommandError as exc:
-            first = next((ln for ln in exc.output.splitlines() if "FAILED" in ln or "malformed" in ln
-                          or "Reversed" in ln), exc.output.strip().splitlines()[-1] if exc.output.strip() else "")
-            raise UserError(f"kernel-patches/{p.name} does not apply to the kernel source: {first}") from None
-        run(["patch", "-p1", "--forward", "--batch", "-s", "-i", p], cwd=tree)
 
 
 def _configure(tree: Path, env: dict[str, str], debug: bool) -> str:
@@ -145,7 +124,7 @@ def build(source: Path | None = None, progress: Progress | None = None, jobs: in
         (next(tmp.iterdir())).rename(tree)
         tmp.rmdir()
     note("kernel", f"applying {len(series())} patches")
-    _apply(tree, series())
+    patchseries.apply(tree, series(), "the kernel source")
     config_hash = _configure(tree, env, debug)
     njobs = jobs or os.cpu_count() or 2
     note("kernel", f"building bzImage and modules (-j{njobs}, ccache)")

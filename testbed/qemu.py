@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testbed import cache, paths
-from testbed.errors import CommandError, UserError
+from testbed import cache, patchseries, paths
+from testbed.errors import UserError
 from testbed.hostcmd import run
 from testbed.topology import QemuKind
 
@@ -52,18 +52,7 @@ class Emulator:
 
 
 def series() -> list[Path]:
-    f = PATCHES / "series"
-    if not f.exists():
-        raise UserError(f"{f}: missing; the patched QEMU needs the patch series")
-    out = []
-    for n in (ln.split("#")[0].strip() for ln in f.read_text().splitlines()):
-        if not n:
-            continue
-        p = PATCHES / n
-        if "/" in n or not p.is_file():
-            raise UserError(f"{f}: names {n!r}, which is not a patch file in qemu-patches/")
-        out.append(p)
-    return out
+    return patchseries.read(PATCHES, "the patched QEMU")
 
 
 def build_key(tarball_sha: str) -> dict[str, Any]:
@@ -124,17 +113,6 @@ def _env() -> dict[str, str]:
             "CCACHE_NOHASHDIR": "1", "CCACHE_MAXSIZE": "5G"}
 
 
-def _apply(tree: Path, patches: list[Path]) -> None:
-    for p in patches:
-        try:
-            run(["patch", "-p1", "--forward", "--batch", "--dry-run", "-i", p], cwd=tree)
-        except CommandError as exc:
-            first = next((ln for ln in exc.output.splitlines() if "FAILED" in ln or "malformed" in ln
-                          or "Reversed" in ln), exc.output.strip().splitlines()[-1] if exc.output.strip() else "")
-            raise UserError(f"qemu-patches/{p.name} does not apply to QEMU {VERSION}: {first}") from None
-        run(["patch", "-p1", "--forward", "--batch", "-s", "-i", p], cwd=tree)
-
-
 def _emulator(final: Path) -> Path:
     return final / "bin" / "qemu-system-x86_64"
 
@@ -180,7 +158,7 @@ def build(progress: Progress | None = None, jobs: int | None = None) -> Emulator
     note("qemu", "unpacking source")
     run(["tar", "-xf", tar, "-C", work, "--no-same-owner"], timeout=900)
     note("qemu", f"applying {len(patches)} patches")
-    _apply(tree, patches)
+    patchseries.apply(tree, patches, f"QEMU {VERSION}")
     bdir.mkdir()
     note("qemu", "configuring (x86_64-softmmu, minimal features)")
     run([tree / "configure", "--python=/usr/bin/python3", "--cc=ccache gcc", *CONFIGURE],

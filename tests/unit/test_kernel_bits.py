@@ -45,18 +45,19 @@ def test_newc_archive_is_readable_by_cpio(tmp_path: Path) -> None:
 
 
 def test_patch_that_does_not_apply_names_the_patch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from testbed import kbuild
+    from testbed import patchseries
     from testbed.errors import UserError
 
     tree = tmp_path / "linux"
     tree.mkdir()
     (tree / "a.c").write_text("int a = 1;\n")
-    good = tmp_path / "0001-good.patch"
+    (tmp_path / "kernel-patches").mkdir()
+    good = tmp_path / "kernel-patches" / "0001-good.patch"
     good.write_text("--- a/a.c\n+++ b/a.c\n@@ -1 +1 @@\n-int a = 1;\n+int a = 2;\n")
-    bad = tmp_path / "0002-bad.patch"
+    bad = tmp_path / "kernel-patches" / "0002-bad.patch"
     bad.write_text("--- a/a.c\n+++ b/a.c\n@@ -1 +1 @@\n-int a = 7;\n+int a = 8;\n")
     with pytest.raises(UserError, match=r"kernel-patches/0002-bad.patch does not apply"):
-        kbuild._apply(tree, [good, bad])
+        patchseries.apply(tree, [good, bad], "the kernel source")
     assert (tree / "a.c").read_text() == "int a = 2;\n"
 
 
