@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """text with every non-printable character (NUL, ESC, newline, bidi controls, ...) escaped as
+    repr() would, so a hostile name cannot drive the terminal or split an error over lines."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class TestbedError(Exception):
     """Base of every error the toolkit raises on purpose."""
 
@@ -23,8 +29,9 @@ class ConfigError(UserError):
         self.line = line
         self.field = field
         self.message = message
-        where = f"{path}:{line}" if line is not None else path
-        super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
+        where = f"{printable(path)}:{line}" if line is not None else printable(path)
+        text = f"{where}: {printable(field)}: {printable(message)}" if field else f"{where}: {printable(message)}"
+        super().__init__(text)
 
 
 class CommandError(TestbedError):
