@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from testbed import __version__
-from testbed.errors import TestbedError, UserError, printable
+from testbed.errors import TestbedError, UserError, printable, shorten
 from testbed.topology import NAME_RE, NODE_RE
 
 log = logging.getLogger("testbed")
@@ -457,7 +457,7 @@ def main(argv: Sequence[str] | None = None, ops: Ops | None = None) -> int:
         if args.debug:
             raise
         # One line whatever the input held: newlines, ESC and NUL are shown escaped.
-        print(f"testbed: error: {printable(str(exc))}", file=sys.stderr)
+        print(f"testbed: error: {shorten(printable(str(exc)), 2000)}", file=sys.stderr)
         return exc.exit_code
     except TestbedError as exc:
         if args.debug:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+MAX_MESSAGE = 400  # characters of a ConfigError's message: it quotes values, which may be huge
+
+
+def shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 def printable(text: str) -> str:
     """text with every non-printable character (NUL, ESC, newline, bidi controls, ...) escaped as
@@ -30,7 +36,8 @@ class ConfigError(UserError):
         self.field = field
         self.message = message
         where = f"{printable(path)}:{line}" if line is not None else printable(path)
-        text = f"{where}: {printable(field)}: {printable(message)}" if field else f"{where}: {printable(message)}"
+        shown = shorten(printable(message), MAX_MESSAGE)
+        text = f"{where}: {shorten(printable(field), 200)}: {shown}" if field else f"{where}: {shown}"
         super().__init__(text)
 
 
