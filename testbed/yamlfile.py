@@ -272,6 +272,11 @@ def read_regular(path: Path | str, limit: int = MAX_FILE_BYTES, what: str = "fil
         raise ConfigError(name, None, "", f"not UTF-8 text (byte {exc.start})") from None
 
 
+def _char(character: object) -> str:
+    """The character a ReaderError names (an int for text, a byte for bytes), escaped."""
+    return repr(chr(character)) if isinstance(character, int) else repr(character)
+
+
 def load_document(path: Path | str, text: str | None = None) -> Document:
     name = str(path)
     if text is None:
@@ -286,6 +291,10 @@ def load_document(path: Path | str, text: str | None = None) -> Document:
         mark = exc.problem_mark
         line = mark.line + 1 if mark is not None else None
         raise ConfigError(name, line, "", f"invalid YAML: {exc.problem}") from None
+    except yaml.reader.ReaderError as exc:  # a control character: the reader knows the offset only
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(name, line, "", f"invalid YAML: {exc.reason} ({_char(exc.character)}; control characters "
+                          "may be written as \\e, \\0, ... in a double-quoted string)") from None
     except yaml.YAMLError as exc:
         raise ConfigError(name, None, "", f"invalid YAML: {exc}") from None
     return Document(name, data, lines, text)

@@ -327,6 +327,8 @@ def apply_overrides(doc: Document, overrides: list[str]) -> Document:
             raise UserError(f"--set {_cut(key)}: {exc.message}") from None
         except yaml.MarkedYAMLError as exc:
             raise UserError(f"--set {_cut(key)}: the value is not valid YAML: {exc.problem}") from None
+        except yaml.reader.ReaderError as exc:
+            raise UserError(f"--set {_cut(key)}: the value is not valid YAML: {exc.reason}") from None
         except yaml.YAMLError as exc:
             raise UserError(f"--set {_cut(key)}: the value is not valid YAML: {exc}") from None
         done.add(_set_path(data, key.strip(), value))

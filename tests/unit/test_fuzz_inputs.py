@@ -55,6 +55,14 @@ NASTY = [
     "{pattern: poisson, rate: .inf, duration: 1s}", "{pattern: trace, file: /etc/passwd}",
     "{pattern: fixed, count: 99999999999}", "{pattern: closed, clients: 0, count: 1}", "<<: {a: 1}",
 ]
+# Values that fit somewhere: they get the parsers past the first check, to the deeper ones.
+BENIGN = [
+    "1", "2", "0", "0.5", "10s", "500ms", "node0", "node1", "node2", "all", "spread", "[node0, node1]", "{node: node1}",
+    "{create_on: node0, invoke_on: [node1]}", "true", "false", "x", "fixed", "poisson", "closed", "trace", "exec",
+    "agent", "restore", "sandbox", "64", "1GiB", "512MiB", "4GiB", "'${n}'", "'${mode}'", "[1, 2]", "{a: 1}",
+    "{pattern: fixed, count: 2}", "{pattern: poisson, rate: 2, duration: 3s}", "mhd0", "hugetlbfs", "shm", "kvm",
+    "tcg", "debian", "mmio", "direct", "patched", "[echo, hi]", "ping", "count > 0", "p99_ms < 5",
+]
 ALPHABET = "[]{}:,&*!|>'\"#%@`-? \n\t\\0123456789.aZ_~=$()\x00\x1b\u202e²é"
 
 
@@ -125,25 +133,27 @@ def clean(fn: Callable[[], Any], files: tuple[str, ...] = ()) -> None:
 
 # --- mutations ------------------------------------------------------------------------------
 
+VALUES = st.one_of(st.sampled_from(BENIGN), st.sampled_from(NASTY), st.text(ALPHABET, max_size=12))
+
+
 @st.composite
 def mutated(draw: st.DrawFn, seeds: dict[str, str]) -> tuple[str, str]:
     """(seed name, text): a shipped file with a few line-level and character-level mutations."""
     name = draw(st.sampled_from(sorted(seeds)))
     lines = seeds[name].splitlines()
     for _ in range(draw(st.integers(1, 3))):
-        i = draw(st.integers(0, max(0, len(lines) - 1)))
-        op = draw(st.sampled_from(["value", "value", "value", "insert", "delete", "dup", "chars", "indent"]))
+        op = draw(st.sampled_from(["value", "value", "value", "value", "insert", "delete", "dup", "chars", "indent"]))
+        keyed = [j for j, ln in enumerate(lines) if ": " in ln and not ln.lstrip().startswith("#")]
+        i = draw(st.sampled_from(keyed)) if op == "value" and keyed else draw(st.integers(0, max(0, len(lines) - 1)))
         line = lines[i] if lines else ""
         if op == "value" and ": " in line:
             key, _, _ = line.partition(": ")
-            lines[i] = f"{key}: {draw(st.sampled_from(NASTY) | st.text(ALPHABET, max_size=12))}"
-        elif op == "value" and line.lstrip().startswith("- "):
-            lines[i] = line[: len(line) - len(line.lstrip())] + "- " + draw(st.sampled_from(NASTY))
+            lines[i] = f"{key}: {draw(VALUES)}"
         elif op == "insert":
             indent = " " * draw(st.sampled_from([0, 2, 4, 6]))
             key = draw(st.sampled_from(["name", "memory", "seed", "rate", "kind", "image", "subnet", "file",
                                         "placement", "params", "nodes", "~", "1", "<<", "x\x1by"]))
-            lines.insert(i, f"{indent}{key}: {draw(st.sampled_from(NASTY))}")
+            lines.insert(i, f"{indent}{key}: {draw(VALUES)}")
         elif op == "delete" and lines:
             del lines[i]
         elif op == "dup" and lines:
@@ -178,11 +188,12 @@ SCENARIO_KEYS = {name: _keypaths(load_document(REPO / "scenarios" / name).data) 
 def overrides(draw: st.DrawFn) -> tuple[str, list[str]]:
     name = draw(st.sampled_from(sorted(SCENARIOS)))
     out = []
-    for _ in range(draw(st.integers(1, 3))):
-        key = draw(st.sampled_from(SCENARIO_KEYS[name]) | st.text(ALPHABET + "wor.kloads", min_size=0, max_size=20)
-                   | st.sampled_from(["workloads.²", "workloads.٣", "workloads." + "9" * 5000, "a." * 40 + "b",
-                                      "workloads.0.kind", "placement", "testbed", "modes.x.setup.0.nodes"]))
-        value = draw(st.sampled_from(NASTY) | st.text(ALPHABET, max_size=16))
+    for _ in range(draw(st.integers(1, 2))):
+        real = st.sampled_from(SCENARIO_KEYS[name])
+        key = draw(st.one_of(real, real, real, st.text(ALPHABET + "wor.kloads", min_size=0, max_size=20),
+                             st.sampled_from(["workloads.²", "workloads.٣", "workloads." + "9" * 5000, "a." * 40 + "b",
+                                              "workloads.0.kind", "placement", "testbed", "modes.x.setup.0.nodes"])))
+        value = draw(st.one_of(st.sampled_from(BENIGN), st.sampled_from(BENIGN), VALUES))
         out.append(f"{key}={value}")
     return name, out
 
