@@ -21,7 +21,8 @@ names file, line and field (the machinery of testbed.yamlfile, as for topologies
         argv: [python3, -c, "...", "${size}"]
         arrival: {pattern: poisson, rate: 2, duration: 10s}
         # fixed: count [, interval] | closed: clients, count or duration | poisson: rate, duration
-        # | trace: file [, speed, limit] (a CSV of time,function; the function is ${function})
+        # | trace: file [, speed, limit] (a CSV of time,function in the scenario's folder or below;
+        #   the function is ${function})
         sweep: {instances: [1, 2, 4]}    # expands into matmul[instances=1], ...
     metrics: [latency_ms, compute_ms]    # summarised; raw.jsonl keeps everything
     assertions: ["p99_ms < 500 for mode near", "ratio(memory, near, far) < 1.5"]
