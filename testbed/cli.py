@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from testbed import __version__
-from testbed.errors import TestbedError, UserError
+from testbed.errors import TestbedError, UserError, printable, shorten
 from testbed.topology import NAME_RE, NODE_RE
 
 log = logging.getLogger("testbed")
@@ -456,12 +456,13 @@ def main(argv: Sequence[str] | None = None, ops: Ops | None = None) -> int:
     except UserError as exc:
         if args.debug:
             raise
-        print(f"testbed: error: {exc}", file=sys.stderr)
+        # One line whatever the input held: newlines, ESC and NUL are shown escaped.
+        print(f"testbed: error: {shorten(printable(str(exc)), 2000)}", file=sys.stderr)
         return exc.exit_code
     except TestbedError as exc:
         if args.debug:
             raise
-        first, _, rest = str(exc).partition("\n")
+        first, _, rest = "\n".join(printable(line) for line in str(exc).split("\n")).partition("\n")
         print(f"testbed: error: {first}" + (f"\n{rest}" if rest else "") + "\n(run with --debug for details)",
               file=sys.stderr)
         return exc.exit_code

@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+MAX_MESSAGE = 400  # characters of a ConfigError's message: it quotes values, which may be huge
+
+
+def shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def printable(text: str) -> str:
+    """text with every non-printable character (NUL, ESC, newline, bidi controls, ...) escaped as
+    repr() would, so a hostile name cannot drive the terminal or split an error over lines."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
 
 class TestbedError(Exception):
     """Base of every error the toolkit raises on purpose."""
@@ -23,8 +35,10 @@ class ConfigError(UserError):
         self.line = line
         self.field = field
         self.message = message
-        where = f"{path}:{line}" if line is not None else path
-        super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
+        where = f"{printable(path)}:{line}" if line is not None else printable(path)
+        shown = shorten(printable(message), MAX_MESSAGE)
+        text = f"{where}: {shorten(printable(field), 200)}: {shown}" if field else f"{where}: {shown}"
+        super().__init__(text)
 
 
 class CommandError(TestbedError):

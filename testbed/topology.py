@@ -16,12 +16,22 @@ from testbed.yamlfile import Document, KeyPath, Size, convert, from_mapping, loa
 MiB = 1 << 20
 GiB = 1 << 30
 CXL_GRANULE = 256 * MiB
-# Names end up in libvirt XML, file names and bridge names: keep them boring.
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
-NODE_RE = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
+# Names end up in libvirt XML, file names and bridge names: keep them boring. \Z, not $:
+# $ also matches before a trailing newline.
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}\Z")
+NODE_RE = re.compile(r"^[a-z][a-z0-9-]{0,15}\Z")
+# A hugetlbfs mount becomes part of a QEMU -object option (mem-path=...), where ',' separates
+# options and '=' assigns: only plain absolute paths of these characters.
+HUGETLBFS_RE = re.compile(r"^(/[A-Za-z0-9_.-]+)+\Z")
+# The guests' user-mode network (QEMU slirp's default 10.0.2.0/24) carries SSH: the isolated
+# network must not overlap it or the guests cannot tell the two apart.
+SLIRP_NET = ipaddress.IPv4Network("10.0.2.0/24")
+PRIVATE_NETS = tuple(ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+FIRST_HOST = 10  # node i gets the network address + FIRST_HOST + i
 # Host memory QEMU itself needs per TCG guest beyond guest RAM (translation cache, overhead).
 QEMU_OVERHEAD = 384 * MiB
 MAX_MHDS_PER_NODE = 4
+MAX_NODES = 16
 
 
 class Accel(StrEnum):
@@ -178,35 +188,53 @@ def _nodes(doc: Document, raw: Any) -> list[tuple[NodeSpec, KeyPath]]:
         raw = {"count": raw}
     if isinstance(raw, dict):
         group = from_mapping(doc, NodeGroup, raw, kp)
-        if not 1 <= group.count <= 16:
-            raise doc.error((*kp, "count"), f"must be between 1 and 16, got {group.count}")
+        if not 1 <= group.count <= MAX_NODES:
+            raise doc.error((*kp, "count"), f"must be between 1 and {MAX_NODES}, got {group.count}")
         if not NODE_RE.match(group.prefix):
             raise doc.error((*kp, "prefix"), f"unsafe name {group.prefix!r}: use [a-z][a-z0-9-]*")
         spec = [(NodeSpec(f"{group.prefix}{i}", group.vcpus, group.memory), kp) for i in range(group.count)]
         return spec
     if isinstance(raw, list):
-        if not raw:
-            raise doc.error(kp, "needs at least one node")
+        if not 1 <= len(raw) <= MAX_NODES:
+            raise doc.error(kp, f"needs between 1 and {MAX_NODES} nodes, got {len(raw)}")
         return [(from_mapping(doc, NodeSpec, item, (*kp, i)), (*kp, i)) for i, item in enumerate(raw)]
     raise doc.error(kp, f"expected a count, a mapping with count, or a list, got {type(raw).__name__}")
+
+
+def _subnet(doc: Document, text: str) -> ipaddress.IPv4Network:
+    kp: KeyPath = ("network", "subnet")
+    try:
+        net = ipaddress.ip_network(text)
+    except ValueError:
+        raise doc.error(kp, f"not an IP network: {text!r}") from None
+    if not isinstance(net, ipaddress.IPv4Network):
+        raise doc.error(kp, "must be a private IPv4 network (10/8, 172.16/12 or 192.168/16)")
+    for special, what in ((net.is_loopback, "loopback"), (net.is_link_local, "link-local"),
+                          (net.is_multicast, "multicast"), (net.is_reserved, "reserved"),
+                          (net.is_unspecified, "unspecified")):
+        if special:
+            raise doc.error(kp, f"{net} is a {what} network: must be a private IPv4 network (10/8, 172.16/12 or 192.168/16)")
+    if not any(net.subnet_of(p) for p in PRIVATE_NETS) or net.prefixlen > 28:
+        raise doc.error(kp, "must be a private IPv4 network of /28 or larger inside 10/8, 172.16/12 or 192.168/16")
+    if net.overlaps(SLIRP_NET):
+        raise doc.error(kp, f"overlaps {SLIRP_NET}, the guests' user network (QEMU's default): choose another range")
+    return net
 
 
 def parse(doc: Document, host: HostFacts | None = None) -> Topology:
     raw: RawTopology = from_mapping(doc, RawTopology, doc.data, ())
     if not NAME_RE.match(raw.name):
         raise doc.error(("name",), f"unsafe name {raw.name!r}: use 1-20 of [a-z0-9-], starting with a letter")
-    if not (paths.REPO / "images" / raw.image / "packages.txt").exists():
+    # The image name becomes a path under images/ and the cache (built, later removed): the
+    # same safe-name rule as testbed names, checked before any path is made from it.
+    if not NAME_RE.match(raw.image):
+        raise doc.error(("image",), f"unsafe image name {raw.image!r}: use 1-20 of [a-z0-9-], starting with a letter")
+    if not (paths.REPO / "images" / raw.image / "packages.txt").is_file():
         raise doc.error(("image",), f"unknown image {raw.image!r}: no images/{raw.image}/packages.txt")
-    try:
-        net = ipaddress.ip_network(raw.network.subnet)
-    except ValueError:
-        raise doc.error(("network", "subnet"), f"not an IP network: {raw.network.subnet!r}") from None
-    if not (isinstance(net, ipaddress.IPv4Network) and net.is_private and net.prefixlen <= 28):
-        raise doc.error(("network", "subnet"), "must be a private IPv4 network of /28 or larger")
+    net = _subnet(doc, raw.network.subnet)
 
     nodes: list[Node] = []
     seen: dict[str, KeyPath] = {}
-    hosts = list(net.hosts())
     for i, (spec, kp) in enumerate(_nodes(doc, doc.data.get("nodes"))):
         name_kp = (*kp, "name") if isinstance(kp[-1], int) else kp
         if not NODE_RE.match(spec.name):
@@ -218,9 +246,10 @@ def parse(doc: Document, host: HostFacts | None = None) -> Topology:
             raise doc.error((*kp, "vcpus"), f"must be between 1 and 64, got {spec.vcpus}")
         if spec.memory < 512 * MiB or spec.memory % (64 * MiB):
             raise doc.error((*kp, "memory"), f"must be a multiple of 64MiB and at least 512MiB, got {spec.memory.human()}")
-        if 9 + i >= len(hosts):
+        # Addresses by arithmetic: materialising net.hosts() of a /8 takes seconds and GiBs.
+        if FIRST_HOST + i >= net.num_addresses - 1:  # the last address is the broadcast
             raise doc.error(("network", "subnet"), f"too small for {i + 1} nodes")
-        nodes.append(Node(spec.name, i, spec.vcpus, int(spec.memory), f"{hosts[9 + i]}/{net.prefixlen}"))
+        nodes.append(Node(spec.name, i, spec.vcpus, int(spec.memory), f"{net.network_address + FIRST_HOST + i}/{net.prefixlen}"))
 
     mhds: list[Mhd] = []
     mhd_names: set[str] = set()
@@ -249,6 +278,10 @@ def parse(doc: Document, host: HostFacts | None = None) -> Topology:
                 raise doc.error((*kp, "heads", j), f"node {head!r} is a head of more than {MAX_MHDS_PER_NODE} MHDs")
         if m.backing is Backing.HUGETLBFS and not m.hugetlbfs.startswith("/"):
             raise doc.error((*kp, "hugetlbfs"), "must be an absolute path to a hugetlbfs mount")
+        if not HUGETLBFS_RE.match(m.hugetlbfs) or len(m.hugetlbfs) > 200 or \
+                any(part in (".", "..") for part in m.hugetlbfs.split("/")):
+            raise doc.error((*kp, "hugetlbfs"), f"unsafe path {m.hugetlbfs!r}: an absolute path of [A-Za-z0-9_.-] "
+                            "components (no '.', '..', ',' or '='), at most 200 characters")
         if m.path is CxlPath.DIRECT and raw.qemu is QemuKind.DEBIAN:
             raise doc.error((*kp, "path"), "direct needs `qemu: patched` (Debian's QEMU maps CXL memory "
                             "only as MMIO); use `path: mmio` or `qemu: patched`")
@@ -280,8 +313,7 @@ def load(path: Path | str, host: HostFacts | None = None, text: str | None = Non
     if not isinstance(doc.data, dict):
         raise doc.error((), "expected a mapping at the top level")
     topo = parse(doc, host)
-    src = text if text is not None else Path(path).read_text(encoding="utf-8")
-    return dataclasses.replace(topo, text=src)
+    return dataclasses.replace(topo, text=doc.text)  # the text parsed: the file is read once
 
 
 __all__ = ["Accel", "Backing", "CxlPath", "HostFacts", "KernelKind", "Mhd", "Node", "QemuKind", "Topology", "convert", "load"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from testbed.errors import ConfigError
+from testbed.yamlfile import read_regular
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,9 @@ def fixed(count: int, interval: float, function: str) -> Schedule:
 
 def poisson(rate: float, duration: float, rng: random.Random, function: str) -> OpenLoop:
     """A Poisson process of `rate` per second over [0, duration): exponential inter-arrivals."""
-    if rate <= 0 or duration <= 0:
-        raise ValueError("rate and duration must be positive")
+    # Finite too: with rate or duration inf this loop never ends (NaN fails every comparison).
+    if not (0 < rate < math.inf and 0 < duration < math.inf):
+        raise ValueError("rate and duration must be positive and finite")
     events = []
     t = rng.expovariate(rate)
     while t < duration:
@@ -84,36 +86,43 @@ def replay(trace: tuple[tuple[float, str], ...], speed: float = 1.0, limit: int 
     return OpenLoop(tuple(Event(t / speed, fn) for t, fn in rows))
 
 
-def load_trace(path: Path) -> tuple[tuple[float, str], ...]:
+def _cut(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _row(name: str, lineno: int, line: str) -> list[str]:
+    try:
+        return [c.strip() for c in next(csv.reader(io.StringIO(line)))]
+    except csv.Error as exc:  # e.g. a field over csv.field_size_limit()
+        raise ConfigError(name, lineno, "", f"not a CSV row: {exc}") from None
+
+
+def load_trace(path: Path, limit: int = 16 << 20) -> tuple[tuple[float, str], ...]:
     """A CSV with a header naming at least `time` (seconds, non-decreasing) and `function`."""
     name = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(name, None, "", "trace file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(name, None, "", f"cannot read: {exc}") from None
+    text = read_regular(path, limit, "trace file")
     lines = [(i + 1, ln) for i, ln in enumerate(text.splitlines()) if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise ConfigError(name, None, "", "empty trace (expected a header `time,function` and rows)")
     header_line, header = lines[0]
-    cols = [c.strip() for c in next(csv.reader(io.StringIO(header)))]
+    cols = _row(name, header_line, header)
     for col in ("time", "function"):
         if col not in cols:
-            raise ConfigError(name, header_line, col, f"the header has no {col!r} column (columns: {', '.join(cols)})")
+            raise ConfigError(name, header_line, col, f"the header has no {col!r} column "
+                              f"(columns: {_cut(', '.join(cols))})")
     ti, fi = cols.index("time"), cols.index("function")
     out: list[tuple[float, str]] = []
     last = -math.inf
     for lineno, ln in lines[1:]:
-        row = [c.strip() for c in next(csv.reader(io.StringIO(ln)))]
+        row = _row(name, lineno, ln)
         if len(row) <= max(ti, fi):
             raise ConfigError(name, lineno, "", f"expected {len(cols)} columns, got {len(row)}")
         try:
             t = float(row[ti])
         except ValueError:
-            raise ConfigError(name, lineno, "time", f"not a number: {row[ti]!r}") from None
+            raise ConfigError(name, lineno, "time", f"not a number: {_cut(repr(row[ti]))}") from None
         if not math.isfinite(t) or t < 0:
-            raise ConfigError(name, lineno, "time", f"must be a finite number of seconds >= 0, got {row[ti]!r}")
+            raise ConfigError(name, lineno, "time", f"must be a finite number of seconds >= 0, got {_cut(repr(row[ti]))}")
         if t < last:
             raise ConfigError(name, lineno, "time", f"times must not decrease ({t} after {last})")
         if not row[fi]:

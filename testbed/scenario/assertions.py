@@ -37,11 +37,14 @@ CMP: dict[str, Callable[[float, float], bool]] = {
     ">=": lambda a, b: a >= b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
 }
 STATS = ("count", "mean", "median", "min", "max")
-PERCENTILE_RE = re.compile(r"^p(\d{1,3}(?:\.\d+)?)$")
+PERCENTILE_RE = re.compile(r"^p([0-9]{1,3}(?:\.[0-9]{1,6})?)\Z")
 VARIABLES = ("count", "errors", "error_rate", "memory", "memory_delta")
 PAIRS = ("ratio", "diff")
+# Parentheses, unary minus and ratio()/diff() nest by recursion: bound it well below Python's limit.
+MAX_NESTING = 32
+MAX_LENGTH = 1000
 _TOKEN_RE = re.compile(r"""\s*(?:(?P<num>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+)|(?P<name>[A-Za-z_][A-Za-z0-9_.]*)
-                         |(?P<str>"[^"]*"|'[^']*')|(?P<op><=|>=|==|!=|[<>+\-*/(),]))""", re.VERBOSE)
+                         |(?P<str>"[^"]*"|'[^']*')|(?P<op><=|>=|==|!=|[<>+\-*/(),]))""", re.VERBOSE | re.ASCII)
 
 
 class AssertionSyntaxError(ValueError):
@@ -165,6 +168,12 @@ class _Parser:
         self.text = text
         self.toks = _tokens(text)
         self.i = 0
+        self.depth = 0
+
+    def nested(self, col: int) -> None:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise AssertionSyntaxError(f"nested more than {MAX_NESTING} levels deep", col)
 
     @property
     def tok(self) -> _Tok:
@@ -234,16 +243,23 @@ class _Parser:
         return e
 
     def unary(self) -> Expr:
-        if self.at("op", "-"):
-            self.take("op")
-            return Neg(self.unary())
-        return self.primary()
+        self.nested(self.tok.col)
+        try:
+            if self.at("op", "-"):
+                self.take("op")
+                return Neg(self.unary())
+            return self.primary()
+        finally:
+            self.depth -= 1
 
     def primary(self) -> Expr:
         t = self.tok
         if t.kind == "num":
             self.i += 1
-            return Num(float(t.text))
+            value = float(t.text)
+            if not math.isfinite(value):  # 1e999
+                raise AssertionSyntaxError(f"number out of range: {t.text[:20]}", t.col)
+            return Num(value)
         if self.at("op", "("):
             self.take("op")
             e = self.sum()
@@ -280,6 +296,8 @@ class _Parser:
 def parse(text: str) -> Assertion:
     if not text.strip():
         raise AssertionSyntaxError("empty assertion", 0)
+    if len(text) > MAX_LENGTH:
+        raise AssertionSyntaxError(f"longer than {MAX_LENGTH} characters", MAX_LENGTH)
     return _Parser(text).assertion()
 
 

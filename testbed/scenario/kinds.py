@@ -35,10 +35,10 @@ from typing import Any, ClassVar, Protocol
 
 from testbed.errors import NodeError
 from testbed.remote import Node
-from testbed.yamlfile import Document, KeyPath, from_mapping
+from testbed.yamlfile import Document, KeyPath, from_mapping, string_keys
 
 PLACEHOLDER_RE = re.compile(r"\$(?:\$|\{([^}]*)\})")
-NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")  # \Z: $ would allow a trailing newline
 # Runs the workload's argv unchanged ("$@") and reports the node's own clock around it on
 # stderr, so the time outside the function (transport, executor) can be told apart.
 TIMER = 's=$(date +%s%N); "$@"; rc=$?; e=$(date +%s%N); printf "\\n@@cxltb-timer %s %s\\n" "$s" "$e" >&2; exit $rc'
@@ -268,6 +268,7 @@ class AgentKind(Kind):
         spec: AgentSpec = from_mapping(doc, AgentSpec, raw, kp)
         if spec.args is not None and not isinstance(spec.args, dict):
             raise doc.error((*kp, "args"), f"expected a mapping of the op's arguments, got {type(spec.args).__name__}")
+        string_keys(doc, (*kp, "args"), spec.args)  # sent as keyword arguments
         if not spec.op:
             raise doc.error((*kp, "op"), "must name an agent op (e.g. ping, info, store.list)")
         return spec

@@ -67,14 +67,14 @@ from testbed.scenario.kinds import (
     substitute,
     substitute_value,
 )
-from testbed.yamlfile import Document, KeyPath, from_mapping
+from testbed.yamlfile import Document, KeyPath, from_mapping, string_keys
 
 MODES = ("cold", "criu", "lazy", "template")
 SANDBOX_MODES = ("criu", "template")  # what restores into sandboxes support
 SANDBOXES = ("pool", "fresh")
 NO_SANDBOX = ("", "none")
 POLICIES = ("queue", "fallback")
-SNAPSHOT_RE = re.compile(r"^[A-Za-z0-9._:-]{1,40}$")
+SNAPSHOT_RE = re.compile(r"^[A-Za-z0-9._:-]{1,40}\Z")
 FUNCTIONS_DIR = paths.REPO / "guest-agent" / "tbagent" / "functions"
 PAGE_KIB = 4
 
@@ -184,7 +184,8 @@ def _mapping(doc: Document, kp: KeyPath, value: Any, what: str) -> dict[str, Any
         return None
     if not isinstance(value, dict):
         raise doc.error(kp, f"expected a mapping ({what}), got {type(value).__name__}")
-    return {str(k): v for k, v in value.items()}
+    string_keys(doc, kp, value)
+    return dict(value)
 
 
 def _env(doc: Document, kp: KeyPath, value: Any) -> dict[str, str] | None:

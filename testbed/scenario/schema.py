@@ -21,7 +21,8 @@ names file, line and field (the machinery of testbed.yamlfile, as for topologies
         argv: [python3, -c, "...", "${size}"]
         arrival: {pattern: poisson, rate: 2, duration: 10s}
         # fixed: count [, interval] | closed: clients, count or duration | poisson: rate, duration
-        # | trace: file [, speed, limit] (a CSV of time,function; the function is ${function})
+        # | trace: file [, speed, limit] (a CSV of time,function in the scenario's folder or below;
+        #   the function is ${function})
         sweep: {instances: [1, 2, 4]}    # expands into matmul[instances=1], ...
     metrics: [latency_ms, compute_ms]    # summarised; raw.jsonl keeps everything
     assertions: ["p99_ms < 500 for mode near", "ratio(memory, near, far) < 1.5"]
@@ -39,7 +40,10 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -53,13 +57,20 @@ from testbed.scenario import arrivals, assertions
 from testbed.scenario.kinds import KINDS, placeholders
 from testbed.scenario.kinds import NAME_RE as PARAM_RE
 from testbed.topology import HostFacts, Topology
-from testbed.yamlfile import Document, KeyPath, dotted, from_mapping, load_document
+from testbed.yamlfile import Document, KeyPath, Refused, dotted, from_mapping, load_document, load_value
 
-SCENARIO_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
-ITEM_RE = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+SCENARIO_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}\Z")  # \Z: $ would allow a trailing newline
+ITEM_RE = re.compile(r"^[a-z][a-z0-9_-]{0,39}\Z")
 # Built-in placeholders; `nonce` is 32 random hex digits, new for every `testbed run` process.
 BUILTINS = ("mode", "workload", "function", "node", "rep", "seq", "client", "seed", "nonce")
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+# ASCII digits, a bounded count of them: \d takes any Unicode digit, and 400 digits overflow.
+_DURATION_RE = re.compile(r"^\s*([0-9]{1,12}(?:\.[0-9]{1,12})?)\s*(ms|s|m|h)?\s*\Z")
+# Longer than any run; beyond it socket and thread timeouts overflow their C types.
+MAX_SECONDS = 7 * 24 * 3600.0
+# Invocations one workload may plan (fixed count, rate x duration): a schedule is built in memory.
+MAX_INVOCATIONS = 1_000_000
+MAX_TRACE_BYTES = 16 << 20
+MAX_SET_DEPTH = 16  # parts of a --set path: each may create a nested mapping
 _DURATION_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 Scalar = str | int | float | bool
 
@@ -257,10 +268,19 @@ class _Overridden(Document):
         return super().error(keypath, message)
 
 
+_INDEX_RE = re.compile(r"^[0-9]{1,9}\Z")
+
+
+def _cut(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _set_path(data: Any, path: str, value: Any) -> KeyPath:
     parts = path.split(".")
     if not path or any(not p for p in parts):
         raise UserError(f"--set {path}=...: a dotted path such as repetitions or workloads.matmul.arrival.rate")
+    if len(parts) > MAX_SET_DEPTH:
+        raise UserError(f"--set {_cut(path)}: more than {MAX_SET_DEPTH} parts")
     node = data
     kp: list[str | int] = []
     for i, part in enumerate(parts):
@@ -274,12 +294,13 @@ def _set_path(data: Any, path: str, value: Any) -> KeyPath:
                 node = node[part]
             kp.append(part)
         elif isinstance(node, list):
-            if part.isdigit() and int(part) < len(node):
+            # ASCII digits only: str.isdigit() also takes '²', which int() refuses.
+            if _INDEX_RE.match(part) and int(part) < len(node):
                 idx = int(part)
             else:
                 named = [j for j, item in enumerate(node) if isinstance(item, dict) and item.get("name") == part]
                 if not named:
-                    raise UserError(f"--set {path}: {dotted(tuple(kp))} has no item {part!r} "
+                    raise UserError(f"--set {_cut(path)}: {dotted(tuple(kp))} has no item {_cut(part)!r} "
                                     f"(an index below {len(node)} or an item's name)")
                 idx = named[0]
             if last:
@@ -288,7 +309,7 @@ def _set_path(data: Any, path: str, value: Any) -> KeyPath:
                 node = node[idx]
             kp.append(idx)
         else:
-            raise UserError(f"--set {path}: {dotted(tuple(kp))} is a {type(node).__name__}, not a mapping or a list")
+            raise UserError(f"--set {_cut(path)}: {dotted(tuple(kp))} is a {type(node).__name__}, not a mapping or a list")
     return tuple(kp)
 
 
@@ -300,13 +321,19 @@ def apply_overrides(doc: Document, overrides: list[str]) -> Document:
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
-            raise UserError(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
+            raise UserError(f"--set {_cut(item)!r}: expected KEY=VALUE")
+        try:  # the file's loader and its bounds (aliases, depth, numbers, keys)
+            value = load_value(text) if text.strip() else None
+        except Refused as exc:
+            raise UserError(f"--set {_cut(key)}: {exc.message}") from None
+        except yaml.MarkedYAMLError as exc:
+            raise UserError(f"--set {_cut(key)}: the value is not valid YAML: {exc.problem}") from None
+        except yaml.reader.ReaderError as exc:
+            raise UserError(f"--set {_cut(key)}: the value is not valid YAML: {exc.reason}") from None
         except yaml.YAMLError as exc:
-            raise UserError(f"--set {key}: the value is not a YAML scalar: {exc}") from None
+            raise UserError(f"--set {_cut(key)}: the value is not valid YAML: {exc}") from None
         done.add(_set_path(data, key.strip(), value))
-    return _Overridden(doc.path, data, doc.lines, frozenset(done))
+    return _Overridden(doc.path, data, doc.lines, doc.text, frozenset(done))
 
 
 # --- parsing ------------------------------------------------------------------------------
@@ -328,29 +355,48 @@ class _prefixed:
 
 def seconds(doc: Document, kp: KeyPath, value: float | str | None, *, allow_zero: bool = False) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
-        s = float(value)
-    else:
-        m = _DURATION_RE.match(str(value))
-        if m is None:
-            raise doc.error(kp, f"expected a duration such as 30, 500ms, 10s or 2m, got {value!r}")
+        try:
+            s = float(value)
+        except OverflowError:
+            s = math.inf
+    elif isinstance(value, str) and (m := _DURATION_RE.match(value)) is not None:
         s = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    if s < 0 or (s == 0 and not allow_zero):
-        raise doc.error(kp, f"must be {'at least' if allow_zero else 'more than'} 0 seconds, got {value!r}")
+    else:
+        raise doc.error(kp, f"expected a duration such as 30, 500ms, 10s or 2m, got {_cut(repr(value))}")
+    # NaN compares false with everything: test for what is allowed, not for what is not.
+    if not (0 <= s <= MAX_SECONDS) or (s == 0 and not allow_zero):
+        raise doc.error(kp, f"must be {'at least' if allow_zero else 'more than'} 0 seconds and at most 7 days, "
+                        f"got {_cut(repr(value))}")
     return s
+
+
+def _referenced(doc: Document, kp: KeyPath, value: str, base: Path, what: str) -> Path:
+    """A file a scenario names: relative to the scenario's folder; it must be a regular file."""
+    if "\0" in value or len(value) > 1024 or any(len(part) > 255 for part in value.split("/")):
+        raise doc.error(kp, f"not a usable path: {_cut(repr(value))}")
+    path = Path(value) if Path(value).is_absolute() else base / value
+    try:
+        st = os.stat(path)
+    except OSError:  # ENOENT, ENOTDIR, ENAMETOOLONG, ELOOP, EACCES: all mean "not there for us"
+        raise doc.error(kp, f"no {what} {_cut(str(path), 200)} (a relative path is relative to the scenario file)") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise doc.error(kp, f"{_cut(str(path), 200)} is not a regular file")
+    return path
 
 
 def _topology(doc: Document, base: Path) -> tuple[Topology, Document, str | None]:
     value = doc.data.get("testbed")
     kp: KeyPath = ("testbed",)
     if isinstance(value, str):
-        path = Path(value) if Path(value).is_absolute() else base / value
-        if not path.is_file():
-            raise doc.error(kp, f"no topology file {path} (a relative path is relative to the scenario file)")
+        path = _referenced(doc, kp, value, base, "topology file")
+        # A scenario may come from elsewhere: it names YAML files, not any file on the host.
+        if path.suffix not in (".yaml", ".yml"):
+            raise doc.error(kp, f"a topology file ends in .yaml or .yml, got {_cut(path.name)!r}")
         tdoc = load_document(path)
         if not isinstance(tdoc.data, dict):
             raise tdoc.error((), "expected a mapping at the top level")
         topo = topo_mod.parse(tdoc)
-        return dataclasses.replace(topo, text=path.read_text(encoding="utf-8")), tdoc, str(path)
+        return dataclasses.replace(topo, text=tdoc.text), tdoc, str(path)
     if isinstance(value, dict):
         lines = {k[1:]: v for k, v in doc.lines.items() if k[:1] == kp}
         sub = Document(doc.path, value, lines)
@@ -385,6 +431,8 @@ def _node_list(doc: Document, kp: KeyPath, value: str | tuple[str, ...], topo: T
     if not items:
         raise doc.error(kp, "needs at least one node")
     for i, n in enumerate(items):
+        if not isinstance(n, str):
+            raise doc.error((*kp, i), f"expected a node name, got {_cut(repr(n))}")
         if n not in known:
             raise doc.error(kp if isinstance(value, str) else (*kp, i), f"unknown node {n!r} (nodes: {', '.join(known)}, all)")
     if len(set(items)) != len(items):
@@ -392,11 +440,21 @@ def _node_list(doc: Document, kp: KeyPath, value: str | tuple[str, ...], topo: T
     return tuple(items)
 
 
+def _one_node(doc: Document, kp: KeyPath, value: str, topo: Topology) -> str:
+    if value == "all":  # `placement: all` reads as {node: all}
+        raise doc.error(kp, "names one node; for every node use `spread: all` (or `placement: spread`)")
+    (node,) = _node_list(doc, kp, value, topo)
+    return node
+
+
 def _placement(doc: Document, kp: KeyPath, value: Any, topo: Topology) -> Placement | None:
     if value is None:
         return None
     if value == "spread":
         value = {"spread": "all"}
+    elif value == "all":
+        raise doc.error(kp, "`placement: all` is not a placement: use `placement: spread` for every node, "
+                        "or `placement: NODE` for one")
     elif isinstance(value, str):
         value = {"node": value}
     raw = from_mapping(doc, RawPlacement, value, kp)
@@ -407,7 +465,7 @@ def _placement(doc: Document, kp: KeyPath, value: Any, topo: Topology) -> Placem
         raise doc.error(kp, "give exactly one of: node, spread, create_on/invoke_on" +
                         (f" (got {', '.join(forms)})" if forms else ""))
     if raw.node is not None:
-        (node,) = _node_list(doc, (*kp, "node"), raw.node, topo)
+        node = _one_node(doc, (*kp, "node"), raw.node, topo)
         return Placement(node, (node,))
     if raw.spread is not None:
         nodes = _node_list(doc, (*kp, "spread"), raw.spread, topo)
@@ -415,8 +473,18 @@ def _placement(doc: Document, kp: KeyPath, value: Any, topo: Topology) -> Placem
     if raw.create_on is None or raw.invoke_on is None:
         missing = "create_on" if raw.create_on is None else "invoke_on"
         raise doc.error(kp, f"missing required key '{missing}' (create_on and invoke_on go together)")
-    (create,) = _node_list(doc, (*kp, "create_on"), raw.create_on, topo)
+    create = _one_node(doc, (*kp, "create_on"), raw.create_on, topo)
     return Placement(create, _node_list(doc, (*kp, "invoke_on"), raw.invoke_on, topo))
+
+
+def _trace_path(doc: Document, kp: KeyPath, value: str, base: Path) -> Path:
+    """A trace lies in the scenario's folder or below it, symlinks resolved: `testbed run` runs
+    as root, and a trace names no other file on the host (nor has its lines echoed in errors)."""
+    path = _referenced(doc, kp, value, base, "trace file")
+    real = path.resolve()
+    if not real.is_relative_to(base.resolve()):
+        raise doc.error(kp, f"a trace file must lie in the scenario's folder {_cut(str(base), 200)} or below it")
+    return real
 
 
 def _arrival(doc: Document, kp: KeyPath, value: Any, base: Path) -> Arrival:
@@ -442,21 +510,24 @@ def _arrival(doc: Document, kp: KeyPath, value: Any, base: Path) -> Arrival:
         v = getattr(raw, key)
         if v is not None and v < 1:
             raise doc.error((*kp, key), f"must be at least 1, got {v}")
+        if v is not None and v > MAX_INVOCATIONS:
+            raise doc.error((*kp, key), f"must be at most {MAX_INVOCATIONS}, got {v}")
     if raw.rate is not None and raw.rate <= 0:
         raise doc.error((*kp, "rate"), f"must be more than 0 per second, got {raw.rate}")
     if raw.speed is not None and raw.speed <= 0:
         raise doc.error((*kp, "speed"), f"must be more than 0, got {raw.speed}")
     duration = seconds(doc, (*kp, "duration"), raw.duration) if raw.duration is not None else None
+    # The schedule of an open loop is built in memory before the unit starts.
+    if raw.rate is not None and duration is not None and raw.rate * duration > MAX_INVOCATIONS:
+        raise doc.error((*kp, "rate"), f"rate x duration plans more than {MAX_INVOCATIONS} invocations")
     if raw.pattern is Pattern.CLOSED and (raw.count is None) == (duration is None):
         raise doc.error(kp, "a closed loop takes exactly one of count and duration")
     interval = seconds(doc, (*kp, "interval"), raw.interval, allow_zero=True) if raw.interval is not None else 0.0
     trace: tuple[tuple[float, str], ...] = ()
     trace_file = None
     if raw.file is not None:
-        path = Path(raw.file) if Path(raw.file).is_absolute() else base / raw.file
-        if not path.is_file():
-            raise doc.error((*kp, "file"), f"no trace file {path} (a relative path is relative to the scenario file)")
-        trace, trace_file = arrivals.load_trace(path), str(path)
+        path = _trace_path(doc, (*kp, "file"), raw.file, base)
+        trace, trace_file = arrivals.load_trace(path, MAX_TRACE_BYTES), str(path)
     return Arrival(raw.pattern, raw.count, interval, raw.clients or 1, duration, raw.rate, trace_file, trace,
                    raw.speed or 1.0, raw.limit, raw.max_inflight or 32)
 
@@ -467,9 +538,9 @@ WORKLOAD_KEYS = ("name", "kind", "arrival", "placement", "params", "sweep", "tim
 
 def _kind_of(doc: Document, kp: KeyPath, raw: dict[str, Any], common: tuple[str, ...]) -> tuple[str, Any]:
     kind_name = raw.get("kind")
-    if kind_name not in KINDS:
+    if not isinstance(kind_name, str) or kind_name not in KINDS:  # a list is no key of a dict
         raise doc.error((*kp, "kind") if "kind" in raw else kp,
-                        f"{'unknown kind ' + repr(kind_name) if 'kind' in raw else 'missing required key kind'} "
+                        f"{'unknown kind ' + _cut(repr(kind_name)) if 'kind' in raw else 'missing required key kind'} "
                         f"(kinds: {', '.join(sorted(KINDS))})")
     kind = KINDS[kind_name]
     own = {f.name for f in dataclasses.fields(kind.spec_type)}
