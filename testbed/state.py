@@ -10,7 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from testbed import names
+from testbed import names, paths
 from testbed.errors import UserError
 from testbed.names import Layout
 
@@ -170,3 +170,17 @@ def load(layout: Layout) -> State | None:
 def known_testbeds(root: Path) -> list[str]:
     base = root / "testbeds"
     return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+
+
+def referenced_images() -> set[Path] | None:
+    """The base images (resolved) that recorded testbeds, in any phase, boot from; None if a
+    state file cannot be read, since it may reference any of them."""
+    out: set[Path] = set()
+    for f in sorted((paths.state_root() / "testbeds").glob("*/state.json")):
+        try:
+            state = load(Layout(f.parent.name))
+        except (CorruptState, OSError):
+            return None
+        if state is not None and state.image:
+            out.add(Path(state.image).resolve())
+    return out
