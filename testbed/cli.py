@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from testbed import __version__
-from testbed.errors import TestbedError, UserError, printable, shorten
+from testbed.errors import Interrupted, TestbedError, UserError, printable, shorten
 from testbed.topology import NAME_RE, NODE_RE
 
 log = logging.getLogger("testbed")
@@ -225,12 +225,16 @@ def cmd_status(args: argparse.Namespace, ops: Ops) -> int:
 
     names = [_check_name(args.name, "testbed")] if args.name else ops.known(paths.state_root())
     data = ops.status(names) if names else []
+    failed = 1 if any("error" in tb for tb in data) else 0
     if args.json:
         print(json.dumps(data, indent=2))
-        return 0
+        return failed
     if not data:
         out.print("no testbeds")
     for tb in data:
+        if "error" in tb:  # e.g. a corrupt state file: one plain line (no markup, no wrapping)
+            print(f"testbed {tb['testbed']}: {tb['error']}")
+            continue
         qemu = tb.get("qemu") or {}
         table = Table(title=f"{tb['testbed']} ({tb['phase']}, {tb['accelerator']}, kernel {tb['kernel'].get('release', '?')}, "
                             f"qemu {qemu.get('kind', '?')} {qemu.get('version', '')})")
@@ -252,7 +256,7 @@ def cmd_status(args: argparse.Namespace, ops: Ops) -> int:
                               dev.get("region", ""), f"{int(size, 16) >> 20} MiB" if size else "",
                               dev.get("path", ""), path)
         out.print(table)
-    return 0
+    return failed
 
 
 def cmd_exec(args: argparse.Namespace, ops: Ops) -> int:
@@ -339,8 +343,10 @@ def cmd_demo(args: argparse.Namespace, ops: Ops) -> int:
     topo = ops.load_topology(args.file, ops.host_facts())
     t0 = time.monotonic()
     with PhaseProgress(topo.name, len(topo.nodes)) as progress:
-        state, _ = ops.up(topo, progress)
+        state, created = ops.up(topo, progress)
     t_up = time.monotonic() - t0
+    if not created:
+        out.print(f"testbed {topo.name} was already up: the demo uses it and leaves it up")
     try:
         results = ops.prove_sharing(topo, state)
         table = Table(title=f"cxl-testbed demo: {topo.name} ({state.accel}, kernel {state.kernel['release']})")
@@ -355,7 +361,9 @@ def cmd_demo(args: argparse.Namespace, ops: Ops) -> int:
                   ", ".join(f"{k.split('.', 1)[1]} {v:.1f}s" for k, v in state.timings.items() if k.startswith("ready.")))
         ok = all(r.ok for r in results)
     finally:
-        if not args.keep:
+        # Only what this demo brought up is its to remove: a testbed that was already up
+        # belongs to whoever started it.
+        if created and not args.keep:
             t1 = time.monotonic()
             ops.down(topo.name)
             out.print(f"down: {time.monotonic() - t1:.1f}s")
@@ -437,6 +445,14 @@ DISPATCH: dict[Verb, Callable[[argparse.Namespace, Ops], int]] = {
 }
 
 
+def _interrupted_message(exc: Interrupted) -> str:
+    if exc.rolled_back:
+        return "testbed: interrupted; everything created was rolled back"
+    left = "; ".join(exc.left) if exc.left else "objects named after the testbed"
+    return (f"testbed: interrupted again during the rollback of testbed {exc.testbed}; these may be left: {left}; "
+            f"remove them with `testbed down {exc.testbed}`")
+
+
 def _sigterm(_signo: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -450,8 +466,13 @@ def main(argv: Sequence[str] | None = None, ops: Ops | None = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         return DISPATCH[Verb(args.verb)](args, ops or Ops())
+    except Interrupted as exc:
+        print(_interrupted_message(exc), file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("testbed: interrupted; everything created was rolled back", file=sys.stderr)
+        # Not inside an `up` transaction: nothing here knows whether anything was rolled back.
+        print("testbed: interrupted; `testbed status` shows what is up, `testbed down NAME` removes a testbed",
+              file=sys.stderr)
         return 130
     except UserError as exc:
         if args.debug:

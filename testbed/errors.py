@@ -54,3 +54,16 @@ class CommandError(TestbedError):
 
 class NodeError(TestbedError):
     """A command on a node (guest) failed or the node could not be reached."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during `up`, re-raised once the rollback has run or been cut short.
+
+    A KeyboardInterrupt still, so every handler of interrupts sees it; the CLI reads
+    `rolled_back` to say truthfully whether anything may be left, and `left` to say what."""
+
+    def __init__(self, testbed: str, rolled_back: bool, left: tuple[str, ...] = ()) -> None:
+        super().__init__(f"testbed {testbed}: interrupted; rollback {'completed' if rolled_back else 'incomplete'}")
+        self.testbed = testbed
+        self.rolled_back = rolled_back
+        self.left = left

@@ -9,15 +9,19 @@ Every node boots a copy-on-write overlay of the base.
 
 from __future__ import annotations
 
+import logging
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from testbed import cache, paths
+from testbed import state as st
 from testbed.errors import UserError
 from testbed.hostcmd import run
 
+log = logging.getLogger("testbed")
 MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
 ROOTFS_SIZE = "4G"
@@ -128,7 +132,27 @@ def build(name: str) -> Image:
         run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, work / "image.qcow2"], timeout=600)
         (work / "image.qcow2").chmod(0o644)
         (work / "image.qcow2").rename(final)
-    for old in final.parent.glob(f"{name}-*.qcow2"):
-        if old != final:
-            old.unlink()
+    prune(name, final)
     return Image(name, final, image_key(name))
+
+
+def _is_version(name: str, path: Path) -> bool:
+    """Whether `path` is a build of image `name`: exactly NAME-<12 hex>.qcow2 (so not the
+    builds of another image whose name merely starts with NAME-)."""
+    return re.fullmatch(re.escape(name) + r"-[0-9a-f]{12}\.qcow2", path.name) is not None
+
+
+def prune(name: str, final: Path) -> list[Path]:
+    """Delete the older builds of image `name` beside `final` that no recorded testbed boots
+    from (a node's overlay names its base as backing file: deleting it breaks the node).
+    Returns what was deleted."""
+    in_use = st.referenced_images()
+    if in_use is None:
+        log.warning("not pruning old %s images: a testbed state file cannot be read, so any of them may be in use", name)
+        return []
+    removed = []
+    for old in sorted(final.parent.glob(f"{name}-*.qcow2")):
+        if old != final and _is_version(name, old) and old.resolve() not in in_use:
+            old.unlink()
+            removed.append(old)
+    return removed

@@ -17,9 +17,9 @@ from pathlib import Path
 import libvirt
 
 from testbed import accel as accel_mod
-from testbed import daemons, image, kernel, names, paths, qemu, remote, render
+from testbed import daemons, image, kernel, locks, names, paths, qemu, remote, render
 from testbed import state as st
-from testbed.errors import NodeError, TestbedError, UserError
+from testbed.errors import Interrupted, NodeError, TestbedError, UserError
 from testbed.hostcmd import run
 from testbed.topology import Topology
 
@@ -100,8 +100,9 @@ def sweep(conn: libvirt.virConnect, testbed: str) -> list[str]:
     state = None
     try:
         state = st.load(layout)
-    except UserError as exc:
-        log.warning("%s", exc)
+    except st.CorruptState as exc:
+        # The one line that reports it; the sweep by name below still finds every object.
+        log.warning("%s: corrupt state (%s); removing everything named after testbed %s", exc.path, exc.why, testbed)
     objects = list(reversed(state.objects)) if state else []
     prefix = names.domain_prefix(testbed)
     for dom in conn.listAllDomains():
@@ -141,7 +142,8 @@ def sweep(conn: libvirt.virConnect, testbed: str) -> list[str]:
 
 
 def down(testbed: str) -> list[str]:
-    with daemons.connection() as conn:
+    # Locked, so a `down` never removes objects an `up` of the same name is still making.
+    with locks.testbed_lock(testbed), daemons.connection() as conn:
         return sweep(conn, testbed)
 
 
@@ -170,9 +172,25 @@ def transaction(conn: libvirt.virConnect, layout: names.Layout, state: st.State)
     st.save(layout, state)
     try:
         yield tx
-    except BaseException:
-        tx.rollback()
+    except BaseException as exc:
+        try:
+            tx.rollback()
+        except KeyboardInterrupt:
+            # A second Ctrl-C cut the rollback short: say what may be left instead of claiming it is gone.
+            raise Interrupted(state.testbed, rolled_back=False, left=_may_be_left(layout, state)) from exc
+        except TestbedError as rb_exc:
+            if isinstance(exc, KeyboardInterrupt):
+                log.warning("%s", rb_exc)
+                raise Interrupted(state.testbed, rolled_back=False, left=_may_be_left(layout, state)) from rb_exc
+            raise
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, Interrupted):
+            raise Interrupted(state.testbed, rolled_back=True) from exc
         raise
+
+
+def _may_be_left(layout: names.Layout, state: st.State) -> tuple[str, ...]:
+    """What a cut-short rollback may have left: every recorded object, and the state directory."""
+    return (*(f"{o['kind']} {o['name']}" for o in reversed(state.objects)), f"dir {layout.root}")
 
 
 def _free_ports(n: int) -> list[int]:
@@ -267,7 +285,15 @@ def _same_running(conn: libvirt.virConnect, state: st.State, topo: Topology) -> 
 
 
 def up(topo: Topology, progress: Progress = _noprogress) -> tuple[st.State, bool]:
-    """Bring the testbed up. Returns (state, created); created is False if it was already up."""
+    """Bring the testbed up. Returns (state, created); created is False if it was already up.
+
+    Holds the testbed's lock throughout: the sweep of leftovers below must never see the
+    objects of another `up` of the same name that is still in phase "creating"."""
+    with locks.testbed_lock(topo.name):
+        return _up(topo, progress)
+
+
+def _up(topo: Topology, progress: Progress) -> tuple[st.State, bool]:
     layout = names.Layout(topo.name)
     t_start = time.monotonic()
     with daemons.connection() as conn:

@@ -5,14 +5,16 @@
         assert testbed.node("node1").run(["uname", "-r"]).ok
 
 The `testbed` fixture brings the topology up (under a per-session name, so it never touches
-a researcher's own testbed of the same name) and tears it down after the test module.
+a researcher's own testbed of the same name) and tears it down after the test module, unless
+it was already up before the fixture ran (then it is left as it was found).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,10 +81,23 @@ def testbed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     name = marker.kwargs.get("name") or re.sub(r"[^a-z0-9-]", "", f"pt{os.getpid() % 10000}-{base}")[:20]
     path = renamed_topology(src, name, tmp_path_factory.mktemp("topology"))
     topology = topo_mod.load(path, topo_mod.host_facts())
-    try:
-        state, _ = provision.up(topology)
-        tb = Testbed(topology, state)
+    with brought_up(topology) as state, contextlib.closing(Testbed(topology, state)) as tb:
         yield tb
-        tb.close()
+
+
+Up = Callable[[topo_mod.Topology], tuple[st.State, bool]]
+
+
+@contextlib.contextmanager
+def brought_up(topology: topo_mod.Topology, up: Up | None = None,
+               down: Callable[[str], object] | None = None) -> Iterator[st.State]:
+    """The testbed of `topology`, up for the body; torn down afterwards only if this call
+    created it. A testbed that was already up (a researcher's, or another session's with the
+    same name) is used as it is and left up. A failed `up` has rolled back what it made, and
+    one refused by the testbed lock made nothing: neither is this call's to tear down."""
+    state, created = (up or provision.up)(topology)
+    try:
+        yield state
     finally:
-        provision.down(topology.name)
+        if created:
+            (down or provision.down)(topology.name)

@@ -72,6 +72,14 @@ def testbed_status(conn: libvirt.virConnect, testbed: str, probe: bool = True) -
             "timings": state.timings, "nodes": nodes, "cxl_paths": heads}
 
 
+def _status_or_error(conn: libvirt.virConnect, testbed: str, probe: bool) -> dict[str, Any]:
+    try:
+        return testbed_status(conn, testbed, probe)
+    except st.CorruptState as exc:
+        # One bad state file must not hide the other testbeds: it is an entry of its own.
+        return {"testbed": testbed, "phase": "corrupt", "error": str(exc), "nodes": []}
+
+
 def all_status(testbeds: list[str], probe: bool = True) -> list[dict[str, Any]]:
     with daemons.connection() as conn:
-        return [testbed_status(conn, t, probe) for t in testbeds]
+        return [_status_or_error(conn, t, probe) for t in testbeds]

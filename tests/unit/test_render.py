@@ -1,10 +1,12 @@
-"""Golden files for the generated domain XML and QEMU arguments. UPDATE_GOLDEN=1 rewrites them."""
+"""Golden files for the generated domain XML and QEMU arguments. UPDATE_GOLDEN=1 rewrites them
+(and compares nothing in that run: run again without it to check)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -28,12 +30,48 @@ def fixed_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CXLTB_SHM_DIR", "/dev/shm")
 
 
-def _check(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN"):
+def _check(name: str, text: str, golden: Path = GOLDEN, update: bool | None = None) -> None:
+    """Compare `text` with its golden file; with UPDATE_GOLDEN=1 only write it. A run that
+    writes proves nothing (it would compare the file with itself), so it says so as a skip."""
+    path = golden / name
+    if update if update is not None else bool(os.environ.get("UPDATE_GOLDEN")):
         path.write_text(text)
+        pytest.skip(f"UPDATE_GOLDEN: wrote {path}; not compared in this run")
     assert path.exists(), f"missing golden file {path}; run with UPDATE_GOLDEN=1"
     assert text == path.read_text(), f"{name} differs from its golden file"
+
+
+def require_tool(tool: str, env: Mapping[str, str] | None = None) -> str:
+    """The path of `tool`. Missing, it skips the test on a workstation, but fails it where the
+    CI variable is set: CI must not go green on checks it never ran."""
+    path = shutil.which(tool)
+    if path is None:
+        if (os.environ if env is None else env).get("CI"):
+            pytest.fail(f"{tool} is not installed, and CI is set: install it (Debian: libvirt-clients)")
+        pytest.skip(f"{tool} not installed")
+    return path
+
+
+def test_update_golden_only_writes_and_says_so(tmp_path: Path) -> None:
+    (tmp_path / "a.xml").write_text("old\n")
+    with pytest.raises(pytest.skip.Exception, match="wrote"):
+        _check("a.xml", "new\n", tmp_path, update=True)
+    assert (tmp_path / "a.xml").read_text() == "new\n"
+    _check("a.xml", "new\n", tmp_path, update=False)
+    with pytest.raises(AssertionError, match="differs"):
+        _check("a.xml", "newer\n", tmp_path, update=False)
+
+
+def test_a_missing_tool_fails_in_ci_and_skips_elsewhere() -> None:
+    outcome: BaseException | None = None
+    try:  # not pytest.raises: a skip escaping it would report this test as skipped, not failed
+        require_tool("cxltb-no-such-tool", {"CI": "true"})
+    except BaseException as exc:
+        outcome = exc
+    assert isinstance(outcome, pytest.fail.Exception) and "CI is set" in str(outcome), repr(outcome)
+    with pytest.raises(pytest.skip.Exception):
+        require_tool("cxltb-no-such-tool", {})
+    assert require_tool("sh", {"CI": "true"}).endswith("/sh")
 
 
 @pytest.mark.parametrize(("tb", "node", "accel"), CASES)
@@ -51,22 +89,24 @@ def test_qemu_args_golden(tb: str, node: str, accel: Accel) -> None:
     _check(f"{tb}.{node}.qemu-args.txt", "\n".join(args) + "\n")
 
 
-@pytest.mark.skipif(shutil.which("virt-xml-validate") is None, reason="virt-xml-validate not installed")
 @pytest.mark.parametrize(("tb", "node", "accel"), CASES)
 def test_domain_xml_validates(tb: str, node: str, accel: Accel) -> None:
+    validate = require_tool("virt-xml-validate")
     path = GOLDEN / f"{tb}.{node}.{accel}.xml"
-    p = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True, text=True, check=False)
+    p = subprocess.run([validate, str(path), "domain"], capture_output=True, text=True, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
 
 
-def test_network_xml_is_isolated(tmp_path: Path) -> None:
+def test_network_xml_is_isolated() -> None:
     xml = render.network_xml("two-node")
     assert "<forward" not in xml and "<ip" not in xml
-    (tmp_path / "net.xml").write_text(xml)
-    if shutil.which("virt-xml-validate"):
-        p = subprocess.run(["virt-xml-validate", str(tmp_path / "net.xml"), "network"], capture_output=True,
-                           text=True, check=False)
-        assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_network_xml_validates(tmp_path: Path) -> None:
+    (tmp_path / "net.xml").write_text(render.network_xml("two-node"))
+    p = subprocess.run([require_tool("virt-xml-validate"), str(tmp_path / "net.xml"), "network"], capture_output=True,
+                       text=True, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
 
 
 def test_heads_get_distinct_serials_and_the_same_backing_file() -> None:

@@ -10,11 +10,14 @@ import os
 import subprocess
 import tarfile
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tbagent.snap import cli, images, metrics, mmt, snapshot
+from tbagent.store import Store, StoreError
+from tbagent.store import cli as store_cli
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
@@ -254,3 +257,83 @@ def test_pss_of_shared_cxl_pages() -> None:
     # Frame 1 mapped by all three instances, 2 by two, 3 by one: 4 KiB pages.
     assert metrics.pss_cxl_kib([{1, 2, 3}, {1, 2}, {1}]) == [round(4 / 3 + 2 + 4, 1), round(4 / 3 + 2, 1), round(4 / 3, 1)]
     assert metrics.pss_cxl_kib([]) == []
+
+
+# --- `snap prepare` against crafted store records (the shared store is untrusted) -----------
+
+@pytest.fixture(scope="module")
+def cache_lib(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from tbagent.store import cachectl
+
+    out = tmp_path_factory.mktemp("lib") / "libcxlcache.so"
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", str(out),
+                    str(REPO / "guest-agent" / "native" / "cxlcache.c")], check=True)
+    os.environ["CXLTB_CACHE_LIB"] = str(out)
+    cachectl.LIB_PATHS = (str(out),)
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache_lib: None) -> Iterator[Store]:
+    """A 2-head store on a plain file, opened by `snap prepare` as head 0; snapshots unpack under tmp."""
+    monkeypatch.setattr("tbagent.store.core.LOCK_DIR", tmp_path / "locks")
+    monkeypatch.setattr(snapshot, "SNAP_DIR", tmp_path / "snap")
+    dev = tmp_path / "dev"
+    with open(dev, "wb") as fh:
+        fh.truncate(16 << 20)
+    Store.format(str(dev), 0, nheads=2, slots=32).close()
+    monkeypatch.setattr(store_cli, "open_store", lambda mhd, head=None: Store(str(dev), 0 if head is None else head))
+    with Store(str(dev), 1) as writer:  # another head publishes: its records are what prepare must distrust
+        yield writer
+
+
+def _layout(**changes: Any) -> dict[str, Any]:
+    """A layout as `snap take` writes it, for a snapshot without template areas."""
+    lay = {"format": snapshot.FORMAT, "function": "hello", "env": {}, "warm": {"event": {}, "result": {"ok": 1}},
+           "mhd": "mhd0", "pipes": {"in": "pipe:[1]", "out": "pipe:[2]"}, "pid": 42, "pages_id": 3, "areas": []}
+    return {**lay, **changes}
+
+
+def _prepare_cli(name: str) -> int:
+    p = argparse.ArgumentParser()
+    cli.register(p.add_subparsers(dest="verb"))
+    args = p.parse_args(["snap", "prepare", name])
+    return int(args.fn(args))
+
+
+def test_prepare_unpacks_a_well_formed_snapshot(store: Store) -> None:
+    store.publish("good", [b"", _tar({"core-42.img": b"core"}), json.dumps(_layout()).encode()])
+    local = snapshot.prepare("good")
+    assert local.function == "hello" and local.pipes == {"in": "pipe:[1]", "out": "pipe:[2]"}
+    assert (local.stripped / "core-42.img").read_bytes() == b"core"
+    assert snapshot.prepare("good").layout == local.layout  # the node's copy, read back
+
+
+BAD_RECORDS: dict[str, tuple[list[bytes], str]] = {
+    "no extents": ([], "0 extents"),
+    "two extents": ([b"", _tar({})], "2 extents"),
+    "four extents": ([b"", _tar({}), json.dumps(_layout()).encode(), b""], "4 extents"),
+    "deep layout": ([b"", _tar({}), b"[" * 50_000], "nesting depth"),
+    "null layout": ([b"", _tar({}), b"null"], "not an object"),
+    "not JSON": ([b"", _tar({}), b"\xff\xfe"], "not UTF-8"),
+    "old format": ([b"", _tar({}), json.dumps(_layout(format=0)).encode()], "layout format 0"),
+    "areas not a list": ([b"", _tar({}), json.dumps(_layout(areas={"a": 1})).encode()], "areas"),
+    "area beyond memory": ([bytes(PAGE), _tar({}), json.dumps(_layout(areas=[
+        {"addr": 0x10000, "len": 2 * PAGE, "off": 0, "prot": 3, "flags": 6}])).encode()], "outside the 0x1000-byte"),
+    "area of strings": ([bytes(PAGE), _tar({}), json.dumps(_layout(areas=[
+        {"addr": "0", "len": PAGE, "off": 0, "prot": 3, "flags": 6}])).encode()], "non-negative integers"),
+    "pipes missing": ([b"", _tar({}), json.dumps(_layout(pipes={})).encode()], "pipes"),
+    "warm not an object": ([b"", _tar({}), json.dumps(_layout(warm=[1])).encode()], "warm.event"),
+    "layout too large": ([b"", _tar({}), b" " * (snapshot.MAX_LAYOUT_BYTES + 1)], "exceeds"),
+}
+
+
+@pytest.mark.parametrize("blobs,why", BAD_RECORDS.values(), ids=BAD_RECORDS.keys())
+def test_prepare_turns_a_hostile_record_into_a_clean_error(store: Store, blobs: list[bytes], why: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    store.publish("evil", blobs)
+    with pytest.raises(StoreError, match=why):
+        snapshot.prepare("evil")
+    assert _prepare_cli("evil") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tbagent snap prepare: snapshot evil: "), err
+    assert not any(snapshot.SNAP_DIR.glob("evil-*"))  # nothing half-unpacked is left to be taken for a copy

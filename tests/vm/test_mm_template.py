@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 import secrets
 import subprocess
-import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -60,19 +61,32 @@ def check_selftests(selftests: Testbed) -> None:
     _dmesg_clean(selftests)
 
 
+XNODE_TIMEOUT = 300  # mmt_xnode's own rendezvous timeout (-t)
+
+
 def check_cross_node(selftests: Testbed) -> None:
+    """Both roles at once (they rendezvous through the shared device). Each role's Result, or
+    the exception its thread raised, reaches this test through its future; a node that never
+    reports fails the test instead of leaving it waiting or passing on the other's result."""
     run_id = str(secrets.randbelow(1 << 30))
+    roles = {"node0": "A", "node1": "B"}
+
+    def role(node: str, r: str) -> Result:
+        return selftests.node(node).run(["mmt_xnode", "node", "-r", r, "-i", run_id, "-d", _dax(selftests, node),
+                                         "-t", str(XNODE_TIMEOUT)], check=False, timeout=XNODE_TIMEOUT + 100)
+
     results: dict[str, Result] = {}
-
-    def role(node: str, r: str) -> None:
-        results[node] = selftests.node(node).run(["mmt_xnode", "node", "-r", r, "-i", run_id, "-d", _dax(selftests, node), "-t", "300"],
-                                                 check=False, timeout=400)
-
-    threads = [threading.Thread(target=role, args=("node0", "A")), threading.Thread(target=role, args=("node1", "B"))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    # No `with`: its exit waits for every thread, so a hung role would hang the test past its deadline.
+    pool = ThreadPoolExecutor(max_workers=len(roles))
+    try:
+        futures = {node: pool.submit(role, node, r) for node, r in roles.items()}
+        deadline = time.monotonic() + XNODE_TIMEOUT + 160
+        for node, fut in futures.items():
+            # Raises the thread's exception, or TimeoutError if the node never reported.
+            results[node] = fut.result(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    assert sorted(results) == sorted(roles), f"nodes that reported: {sorted(results)}"
     for node, res in results.items():
         assert res.ok, f"{node}: {res.stdout[-3000:]} {res.stderr[-2000:]}"
         assert "not ok" not in res.stdout

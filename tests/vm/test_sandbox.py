@@ -2,12 +2,14 @@
 reuse (and that each check fails without its cleanup step), release after a crash, an exhausted
 pool (queue, and fallback by configuration), the crun baseline. Timings are printed, not asserted.
 
-The tests share one pool daemon and run in file order."""
+The tests share the node, not state: each one starts (or restarts) the pool daemon with the
+configuration it needs, through the fixtures below, so any subset runs in any order."""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,45 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
+def stop_pool(tb: Testbed) -> None:
+    tb.exec("node0", "tbagent", "sandbox", "stop")  # exit 0 also when none is running
+    assert tb.exec("node0", "tbagent", "sandbox", "status", check=False).exit_code != 0, "the pool daemon still answers"
+
+
+def start_pool(tb: Testbed, size: int = 1, on_exhausted: str = "queue", max_size: int = 16) -> dict[str, Any]:
+    """The pool daemon with exactly this configuration (test hooks on), idle. A running daemon
+    keeps its policy (`pool` only resizes it), so one configured otherwise is restarted."""
+    r = tb.exec("node0", "tbagent", "sandbox", "status", check=False)
+    if r.exit_code == 0:
+        cur = json.loads(r.stdout)
+        if (cur["on_exhausted"], cur["test_hooks"], cur["max"]) != (on_exhausted, True, max(max_size, size)):
+            stop_pool(tb)
+    status: dict[str, Any] = sandbox(tb, "pool", "--size", str(size), "--on-exhausted", on_exhausted,
+                                     "--max", str(max_size), "--test-hooks")
+    assert (status["size"], status["on_exhausted"], status["test_hooks"]) == (size, on_exhausted, True), status
+    # A sandbox destroyed by an earlier test is replaced in the background: wait until all are idle.
+    deadline = time.monotonic() + 120
+    while len(status["idle"]) != size or status["busy"]:
+        assert time.monotonic() < deadline, f"the pool did not settle at {size} idle sandboxes: {status}"
+        time.sleep(0.5)
+        status = sandbox(tb, "status")
+    return status
+
+
+@pytest.fixture
+def no_pool(testbed: Testbed) -> Testbed:
+    stop_pool(testbed)
+    return testbed
+
+
+@pytest.fixture
+def pool(testbed: Testbed) -> Testbed:
+    """One idle sandbox, queueing when it is taken: what reuse, isolation and queueing tests assume."""
+    start_pool(testbed, size=1)
+    return testbed
+
+
+@pytest.mark.usefixtures("no_pool")
 def test_pool_precreates_sandboxes_with_their_own_namespaces_cgroups_and_network(testbed: Testbed) -> None:
     status = sandbox(testbed, "pool", "--size", "2", "--test-hooks")
     assert status["total"] == 2 and len(status["idle"]) == 2 and not status["busy"]
@@ -87,6 +128,7 @@ def test_pool_precreates_sandboxes_with_their_own_namespaces_cgroups_and_network
     assert status["total"] == 1 and len(status["idle"]) == 1
 
 
+@pytest.mark.usefixtures("pool")
 def test_repurposing_across_three_functions_reuses_one_sandbox(testbed: Testbed) -> None:
     runs = client(testbed, """
 out = []
@@ -109,6 +151,7 @@ print(json.dumps(out))
     assert matmul["check"] and matmul["n"] == 128
 
 
+@pytest.mark.usefixtures("pool")
 def test_a_start_hook_of_the_sandbox_init_can_replace_the_spare(testbed: Testbed) -> None:
     """The seam for starting a function another way (issue part 5: restoring a template-mode
     snapshot): the "fork" hook makes the process through the sandbox init, on demand."""
@@ -125,6 +168,7 @@ print(json.dumps(out))
     print(f"hook 'fork': ready sandbox {ms(t['ready_sandbox'])} (process {ms(t['process'])}: fork and cgroup migration included)")
 
 
+@pytest.mark.usefixtures("pool")
 def test_isolation_holds_across_reuse(testbed: Testbed) -> None:
     r = client(testbed, "with Client() as c:\n    print(json.dumps(cycle(c)))")
     assert r["dirty"]["ok"] and r["dirty"]["result"]["sleeper_ready"] and r["dirty"]["result"]["env"] == "dirty-secret"
@@ -134,6 +178,7 @@ def test_isolation_holds_across_reuse(testbed: Testbed) -> None:
     print("release steps:", {k: ms(v) for k, v in r["release"]["timings"].items()})
 
 
+@pytest.mark.usefixtures("pool")
 @pytest.mark.parametrize("check", list(STEP_FOR))
 def test_each_isolation_check_fails_without_its_cleanup_step(testbed: Testbed, check: str) -> None:
     skip = STEP_FOR[check]
@@ -143,6 +188,7 @@ def test_each_isolation_check_fails_without_its_cleanup_step(testbed: Testbed, c
     print(f"without {'+'.join(skip)}: {r['leaks']}")
 
 
+@pytest.mark.usefixtures("pool")
 def test_without_kill_the_sandbox_is_destroyed_not_reused(testbed: Testbed) -> None:
     r = client(testbed, "with Client() as c:\n    print(json.dumps(cycle(c, ['kill'])))")
     assert not r["release"]["clean"] and r["release"]["outcome"] == "destroyed (cleanup failed)"
@@ -150,6 +196,7 @@ def test_without_kill_the_sandbox_is_destroyed_not_reused(testbed: Testbed) -> N
     assert not r["same"] and r["leaks"] == {}
 
 
+@pytest.mark.usefixtures("pool")
 def test_release_after_a_crash_of_the_function(testbed: Testbed) -> None:
     r = client(testbed, """
 with Client() as c:
@@ -170,6 +217,7 @@ print(json.dumps({"crash": crash, "release": rel, "same": a["sandbox"] == b["san
     assert r["hello"]["ok"]
 
 
+@pytest.mark.usefixtures("pool")
 def test_exhausted_pool_queues_by_default_and_times_out(testbed: Testbed) -> None:
     r = client(testbed, """
 res = {}
@@ -199,8 +247,7 @@ print(json.dumps(res))
 
 
 def test_exhausted_pool_falls_back_to_a_fresh_sandbox_by_configuration(testbed: Testbed) -> None:
-    testbed.exec("node0", "tbagent", "sandbox", "stop")
-    status = sandbox(testbed, "pool", "--size", "1", "--on-exhausted", "fallback", "--max", "2", "--test-hooks")
+    status = start_pool(testbed, size=1, on_exhausted="fallback", max_size=2)
     assert status["on_exhausted"] == "fallback"
     r = client(testbed, """
 with Client() as c:
@@ -234,7 +281,8 @@ def test_crun_baseline_makes_the_same_sandbox_and_cleans_up(testbed: Testbed) ->
 
 
 def test_stop_leaves_nothing_behind(testbed: Testbed) -> None:
-    testbed.exec("node0", "tbagent", "sandbox", "stop")
+    start_pool(testbed, size=2)  # something to stop: sandboxes, their cgroups, veths and the socket
+    assert testbed.exec("node0", "tbagent", "sandbox", "stop").stdout.strip() == "stopped"
     left = testbed.exec("node0", "sh", "-c", "ls /sys/fs/cgroup/tbsandbox; ls /sys/class/net | grep '^tbv'; "
                         "grep -l tbsandbox /proc/[0-9]*/comm 2>/dev/null; ls /run/tbsandbox/pool.sock 2>/dev/null; true").stdout
     assert not any(line.startswith(("z-", "fn-", "factory", "tbv", "/proc", "/run")) for line in left.split())

@@ -1,11 +1,14 @@
-"""The template store on the real shared CXL device of a 2-node testbed."""
+"""The template store on the real shared CXL device of a 2-node testbed.
+
+Each test formats the store and publishes what it needs (fixtures empty_store, populated), so
+tests do not depend on one another's leftovers; the one that kills node1 stays last."""
 
 from __future__ import annotations
 
 import json
 import shlex
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from testbed.pytest_plugin import Testbed
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.topology(str(REPO / "testbeds" / "two-node.yaml"))
 N = 12
+SLOTS = 64  # corrupt_record scans the manifest of 2 heads x SLOTS slots
 
 
 def _check(tb: Testbed, node: str) -> dict[str, object]:
@@ -26,8 +30,59 @@ def _check(tb: Testbed, node: str) -> dict[str, object]:
     return report
 
 
-def test_format_and_agent_session(testbed: Testbed) -> None:
-    with AgentSession(testbed.node("node0")) as agent:
+def _require_both_nodes(tb: Testbed) -> None:
+    # test_writer_vm_killed_mid_publish destroys node1, so it is the last test of the module.
+    with daemons.connection() as conn:
+        for node in ("node0", "node1"):
+            assert conn.lookupByName(names.domain(tb.name, node)).isActive(), f"{node} is not running"
+
+
+def format_store(tb: Testbed) -> None:
+    """An empty store on mhd0, whatever earlier tests left in it."""
+    geo = json.loads(tb.exec("node0", "tbagent", "store", "format", "mhd0", "--slots", str(SLOTS)).stdout)
+    assert geo["heads"] == 2 and geo["slots"] == SLOTS, geo
+    assert json.loads(tb.exec("node1", "tbagent", "store", "list", "mhd0").stdout) == []
+
+
+def publish_from_both(tb: Testbed, n: int = N) -> None:
+    """node0 and node1 publish n templates each at the same time: NODE-fnI, 20000 + I bytes."""
+    script = ("import os, subprocess, sys\n"
+              "for i in range(int(sys.argv[1])):\n"
+              "    open('/tmp/blob', 'wb').write(os.urandom(20000 + i))\n"
+              "    subprocess.run(['tbagent', 'store', 'put', 'mhd0', sys.argv[2] + str(i), '/tmp/blob'], check=True)\n")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(tb.exec, node, "python3", "-c", script, str(n), f"{node}-fn") for node in ("node0", "node1")]
+        for fut in futures:
+            fut.result(timeout=600)  # re-raises a node's failure here
+
+
+def corrupt_record(tb: Testbed, name: str) -> None:
+    """Scribble over the payload of template `name` in the host's backing file (its checksum now fails)."""
+    shm = names.shm_file(tb.name, tb.topology.mhds[0])
+    raw = shm.read_bytes()[: 4096 + 2 * SLOTS * 4096]
+    needle = f'"name":"{name}"'.encode()
+    pos = raw.index(needle)
+    with open(shm, "r+b") as fh:
+        fh.seek(pos)
+        fh.write(b'"name":"' + b"!" * len(name) + b'"')
+
+
+@pytest.fixture
+def empty_store(testbed: Testbed) -> Testbed:
+    _require_both_nodes(testbed)
+    format_store(testbed)
+    return testbed
+
+
+@pytest.fixture
+def populated(empty_store: Testbed) -> Testbed:
+    """2 x N templates, N from each head."""
+    publish_from_both(empty_store)
+    return empty_store
+
+
+def test_format_and_agent_session(empty_store: Testbed) -> None:
+    with AgentSession(empty_store.node("node0")) as agent:
         assert agent.request("ping")["protocol"] == 1
         geo = agent.request("store.format", mhd="mhd0", slots=64)
         assert geo["heads"] == 2
@@ -40,25 +95,9 @@ def test_format_and_agent_session(testbed: Testbed) -> None:
         assert agent.request("ping")["agent"]  # the session survives errors
 
 
-def test_two_nodes_publish_at_the_same_time(testbed: Testbed) -> None:
-    script = ("import os, subprocess, sys\n"
-              "for i in range(int(sys.argv[1])):\n"
-              "    open('/tmp/blob', 'wb').write(os.urandom(20000 + i))\n"
-              "    subprocess.run(['tbagent', 'store', 'put', 'mhd0', sys.argv[2] + str(i), '/tmp/blob'], check=True)\n")
-    errors: list[BaseException] = []
-
-    def publish(node: str) -> None:
-        try:
-            testbed.exec(node, "python3", "-c", script, str(N), f"{node}-fn")
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=publish, args=(n,)) for n in ("node0", "node1")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+def test_two_nodes_publish_at_the_same_time(empty_store: Testbed) -> None:
+    testbed = empty_store
+    publish_from_both(testbed)
     for node in ("node0", "node1"):
         report = _check(testbed, node)
         assert report["ok"] and report["templates"] == 2 * N, report
@@ -67,17 +106,11 @@ def test_two_nodes_publish_at_the_same_time(testbed: Testbed) -> None:
     assert got["crc_ok"] and got["bytes"] == 20003 and got["head"] == 1
 
 
-def test_garbage_written_into_a_record(testbed: Testbed) -> None:
+def test_garbage_written_into_a_record(populated: Testbed) -> None:
+    testbed = populated
     listing = json.loads(testbed.exec("node1", "tbagent", "store", "list", "mhd0").stdout)
     victim = next(t for t in listing if t["name"] == "node0-fn5")
-    # Find its slot from the host side and scribble over its payload in the backing file.
-    shm = names.shm_file(testbed.name, testbed.topology.mhds[0])
-    raw = shm.read_bytes()[: 4096 + 2 * 64 * 4096]
-    needle = b'"name":"node0-fn5"'
-    pos = raw.index(needle)
-    with open(shm, "r+b") as fh:
-        fh.seek(pos)
-        fh.write(b'"name":"GARBAGE!!"')
+    corrupt_record(testbed, "node0-fn5")
     for node in ("node0", "node1"):
         report = _check(testbed, node)
         assert not report["ok"]
@@ -87,16 +120,20 @@ def test_garbage_written_into_a_record(testbed: Testbed) -> None:
     assert victim["name"] not in names_now and "node0-fn6" in names_now
 
 
-def test_store_full_keeps_the_rest(testbed: Testbed) -> None:
+def test_store_full_keeps_the_rest(populated: Testbed) -> None:
+    testbed = populated
     section = json.loads(testbed.exec("node0", "tbagent", "info").stdout)["cxl"][0]["size"]
     big = int(section, 16) // 2 + (4 << 20)  # more than one head's section
     testbed.exec("node0", "sh", "-c", f"head -c {big} /dev/zero > /tmp/big")
     r = testbed.exec("node0", "tbagent", "store", "put", "mhd0", "too-big", "/tmp/big", check=False)
     assert r.exit_code == 2 and "store full" in r.stderr
-    assert _check(testbed, "node1")["templates"] == 2 * N - 1
+    assert _check(testbed, "node1")["templates"] == 2 * N  # the refused put published nothing
 
 
-def test_writer_vm_killed_mid_publish(testbed: Testbed) -> None:
+def test_writer_vm_killed_mid_publish(populated: Testbed) -> None:
+    """Last in this module: it destroys node1."""
+    testbed = populated
+    corrupt_record(testbed, "node0-fn5")  # a corrupt record must survive the churn and the kill
     churn = ("import os, subprocess\n"
              "open('/tmp/b', 'wb').write(os.urandom(4 << 20))\n"
              "i = 0\n"
@@ -105,9 +142,15 @@ def test_writer_vm_killed_mid_publish(testbed: Testbed) -> None:
              "    subprocess.run(['tbagent', 'store', 'delete', 'mhd0', f'churn{i}'], check=True)\n"
              "    subprocess.run(['tbagent', 'store', 'gc', 'mhd0'], check=True)\n"
              "    i += 1\n")
-    testbed.exec("node1", "sh", "-c", f"nohup python3 -c {shlex.quote(churn)} >/tmp/churn.log 2>&1 &")
+    # $! is the churn process itself (nohup execs python3): checked by pid, no pattern that
+    # could match the shell running the check.
+    start = f"nohup python3 -c {shlex.quote(churn)} </dev/null >/tmp/churn.log 2>&1 & echo $!"
+    pid = testbed.exec("node1", "sh", "-c", start).stdout.strip()
+    assert pid.isdigit(), pid
     time.sleep(8)
-    assert testbed.exec("node1", "pgrep", "-f", "churn", check=False).exit_code == 0
+    alive = testbed.exec("node1", "kill", "-0", pid, check=False)
+    assert alive.exit_code == 0, f"the churn process {pid} is gone: " + testbed.exec("node1", "cat", "/tmp/churn.log").stdout[-2000:]
+    assert "store" in testbed.exec("node1", "cat", f"/proc/{pid}/cmdline").stdout  # it is the churn script, not a reused pid
     with daemons.connection() as conn:
         conn.lookupByName(names.domain(testbed.name, "node1")).destroy()  # the head dies mid-protocol
     report = _check(testbed, "node0")

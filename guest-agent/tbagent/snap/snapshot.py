@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tbagent import boundedjson
 from tbagent.dax import device_path
 from tbagent.sandbox import paths as sbx_paths
 from tbagent.snap import images, mmt
@@ -221,29 +222,95 @@ def _register(rec: Record, d: Path, layout: dict[str, Any]) -> Local:
     return Local(rec.name, d, layout, name, base)
 
 
+# Bounds of a layout extent: another head wrote it (the store is shared and untrusted), and a
+# real one is a few KiB (one entry per template area, plus the warm-up event and its result).
+MAX_LAYOUT_BYTES = 1 << 20
+MAX_LAYOUT_DEPTH = 32
+MAX_AREAS = 1 << 16
+AREA_KEYS = ("addr", "len", "off", "prot", "flags")
+
+
+def _extents(rec: Record) -> list[dict[str, int]]:
+    """The record's extents, which must be exactly memory, images and layout."""
+    extents = rec.extents
+    if len(extents) != 3:
+        raise StoreError(f"snapshot {rec.name}: the record has {len(extents)} extents, a snapshot has 3 "
+                         "(memory, images, layout)")
+    if extents[LAYOUT]["len"] > MAX_LAYOUT_BYTES:
+        raise StoreError(f"snapshot {rec.name}: layout extent of {extents[LAYOUT]['len']} bytes exceeds {MAX_LAYOUT_BYTES}")
+    return extents
+
+
+def _uint(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _strmap(v: object) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())
+
+
+def _check_area(a: object, memory_len: int) -> None:
+    if not isinstance(a, dict) or not all(_uint(a.get(k)) for k in AREA_KEYS):
+        raise ValueError(f"an area is not an object of non-negative integers {', '.join(AREA_KEYS)}: {a!r:.120}")
+    if a["off"] % images.PAGE or a["addr"] % images.PAGE or a["len"] % images.PAGE or a["len"] == 0:
+        raise ValueError(f"area {a!r:.120} is not page aligned")
+    if a["off"] + a["len"] > memory_len:
+        raise ValueError(f"area at off={a['off']:#x} len={a['len']:#x} lies outside the {memory_len:#x}-byte memory extent")
+
+
+def _check_layout(layout: object, memory_len: int) -> dict[str, Any]:
+    """The fields prepare, register and the restore modes read, with the types they assume."""
+    if not isinstance(layout, dict):
+        raise ValueError(f"the layout is a JSON {type(layout).__name__}, not an object")
+    if layout.get("format") != FORMAT:
+        raise ValueError(f"layout format {layout.get('format')!r:.40}, this agent reads {FORMAT}")
+    warm, pipes, areas = layout.get("warm"), layout.get("pipes"), layout.get("areas")
+    if not isinstance(layout.get("function"), str) or not isinstance(layout.get("mhd", "mhd0"), str):
+        raise ValueError("the layout's function or mhd is not a string")
+    if not _strmap(layout.get("env", {})) or not _strmap(pipes) or not {"in", "out"} <= set(pipes or {}):
+        raise ValueError("the layout's env or pipes (in, out) are not objects of strings")
+    if not isinstance(warm, dict) or not isinstance(warm.get("event"), dict):
+        raise ValueError("the layout's warm.event is not an object")
+    if not _uint(layout.get("pid")) or not _uint(layout.get("pages_id")):
+        raise ValueError("the layout's pid or pages_id is not a non-negative integer")
+    if not isinstance(areas, list) or len(areas) > MAX_AREAS:
+        raise ValueError(f"the layout's areas are not a list of at most {MAX_AREAS}")
+    for a in areas:
+        _check_area(a, memory_len)
+    return layout
+
+
+def _layout(rec: Record, text: bytes | str, memory_len: int) -> dict[str, Any]:
+    """Decode and check a snapshot's layout; a bad one is a StoreError (exit 2), not a traceback."""
+    try:
+        return _check_layout(boundedjson.loads(text, MAX_LAYOUT_BYTES, MAX_LAYOUT_DEPTH), memory_len)
+    except ValueError as exc:
+        raise StoreError(f"snapshot {rec.name}: bad layout: {exc}") from None
+
+
 def prepare(name: str, mhd: str = "mhd0", full: bool = False) -> Local:
     """This node's copy of snapshot `name`: image set unpacked, mm-template registered; with
     `full`, also the full image set (pages read from the store once and kept on local disk)."""
+    check_name(name)  # it becomes part of a path under SNAP_DIR
     with store_cli.open_store(mhd) as st:
         rec = st.find(name)
+        extents = _extents(rec)
         d = SNAP_DIR / _key(rec)
         if (d / "layout.json").exists():
-            layout = json.loads((d / "layout.json").read_text())
+            layout = _layout(rec, (d / "layout.json").read_bytes(), extents[MEMORY]["len"])
         else:
-            layout = json.loads(st.read_extent(rec.extents[LAYOUT]))
-            if layout.get("format") != FORMAT:
-                raise ValueError(f"snapshot {name}: layout format {layout.get('format')}, this agent reads {FORMAT}")
+            layout = _layout(rec, st.read_extent(extents[LAYOUT]), extents[MEMORY]["len"])
             tmp = SNAP_DIR / f".prep-{_key(rec)}-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             (tmp / "stripped").mkdir(parents=True)
-            _untar(st.read_extent(rec.extents[IMAGES]), tmp / "stripped")
+            _untar(st.read_extent(extents[IMAGES]), tmp / "stripped")
             _write_local(tmp, rec, layout)
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(d)
             tmp.rename(d)
         local = _register(rec, d, layout)
         if full and not (local.full / ".complete").exists():
-            _full_from_store(st.read_extent(rec.extents[MEMORY]) if layout["areas"] else b"", local)
+            _full_from_store(st.read_extent(extents[MEMORY]) if layout["areas"] else b"", local)
     return local
 
 
