@@ -78,6 +78,8 @@ class Ops:
     build_qemu: Callable[..., Any] = field(default_factory=lambda: _lazy("qemu", "build"))
     list_qemus: Callable[..., Any] = field(default_factory=lambda: _lazy("qemu", "cached"))
     agent_session: Callable[..., Any] = field(default_factory=lambda: _lazy("agent", "AgentSession"))
+    # state -> each head's CXL path as QEMU reports it (for results' meta.json)
+    cxl_paths: Callable[..., Any] = field(default_factory=lambda: _lazy("cxlpath", "read_for_state"))
     execv: Callable[[str, list[str]], Any] = os.execv
 
 

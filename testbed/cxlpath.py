@@ -109,3 +109,11 @@ def for_state(conn: libvirt.virConnect, state: Any) -> list[HeadPath]:
     configured = configured_paths(state.topology_file, state.topology_text)
     nodes = {ns.name: (ns.domain, list(ns.mhds)) for ns in state.nodes.values()}
     return testbed_paths(conn, nodes, configured)
+
+
+def read_for_state(state: Any) -> list[dict[str, Any]]:
+    """for_state on a fresh libvirt connection, as plain dicts (what results record)."""
+    from testbed import daemons
+
+    with daemons.connection() as conn:
+        return [h.as_dict() for h in for_state(conn, state)]

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from testbed import fidelity, names
+from testbed import cxlpath, fidelity, names
 from testbed.errors import NodeError, TestbedError, UserError
 from testbed.scenario import arrivals, plots, report, results
 from testbed.scenario.assertions import check
@@ -38,13 +38,6 @@ from testbed.scenario.schema import Mode, Scenario, Step, Workload
 
 log = logging.getLogger("testbed")
 MEMORY_TIMEOUT = 30.0
-
-
-def _default_cxl_paths(state: Any) -> list[dict[str, Any]]:
-    from testbed import cxlpath, daemons
-
-    with daemons.connection() as conn:
-        return [h.as_dict() for h in cxlpath.for_state(conn, state)]
 
 
 def _default_agent(node: Any, timeout: float) -> AbstractContextManager[Any]:
@@ -64,13 +57,14 @@ class Backend:
     host_facts: Callable[[], Any]
     agent: Callable[[Any, float], AbstractContextManager[Any]] = _default_agent
     host_meta: Callable[[], dict[str, Any]] = results.host_meta
-    # state -> each head's CXL path as QEMU reports it (cxlpath.HeadPath.as_dict)
-    cxl_paths: Callable[[Any], list[dict[str, Any]]] = _default_cxl_paths
+    # state -> each head's CXL path as QEMU reports it (cxlpath.read_for_state)
+    cxl_paths: Callable[[Any], list[dict[str, Any]]] = cxlpath.read_for_state
     console: Console = field(default_factory=lambda: Console(stderr=True))
 
     @classmethod
     def from_ops(cls, ops: Any) -> Backend:
         return cls(up=ops.up, down=ops.down, guest=ops.guest, endpoint=ops.endpoint, host_facts=ops.host_facts,
+                   cxl_paths=ops.cxl_paths,
                    **({"agent": ops.agent_session} if getattr(ops, "agent_session", None) else {}))
 
 

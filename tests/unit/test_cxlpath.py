@@ -3,46 +3,20 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
-
-import libvirt
 import libvirt_qemu
 import pytest
 
 from testbed import cxlpath, fidelity
 from testbed.cxlpath import Observed
 
-REPLIES = json.loads((Path(__file__).parent / "data" / "qmp-replies.json").read_text())
+from .qmp_replay import Conn, monitor
+
 MiB = 1 << 20
-
-
-class RecordedDomain:
-    """A libvirt domain whose monitor answers with recorded replies."""
-
-    def __init__(self, variant: str) -> None:
-        self.replies: dict[str, str] = REPLIES[variant]
-
-    def reply(self, cmd: str) -> str:
-        args = json.loads(cmd)["arguments"]
-        return self.replies[f"{args['path']} {args['property']}"]
 
 
 @pytest.fixture(autouse=True)
 def recorded_monitor(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(libvirt_qemu, "qemuMonitorCommand",
-                        lambda dom, cmd, flags: dom.reply(cmd))
-
-
-class Conn:
-    def __init__(self, variants: dict[str, str]) -> None:
-        self.variants = variants
-
-    def lookupByName(self, name: str) -> Any:
-        if name not in self.variants:
-            raise libvirt.libvirtError(f"Domain not found: no domain with matching name '{name}'")
-        return RecordedDomain(self.variants[name])
+    monkeypatch.setattr(libvirt_qemu, "qemuMonitorCommand", monitor)
 
 
 @pytest.mark.parametrize(("variant", "configured", "observed", "direct", "fell_back"), [

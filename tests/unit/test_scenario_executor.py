@@ -11,14 +11,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import libvirt_qemu
 import pytest
 
-from testbed import cli
+from testbed import cli, cxlpath
 from testbed import state as st
 from testbed.agent import AgentError
 from testbed.errors import NodeError
 from testbed.remote import Result
 from testbed.topology import HostFacts
+
+from .qmp_replay import Conn, monitor
 
 REPO = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -27,8 +30,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 class World:
     """Fake nodes and agents; counts what ran."""
 
-    def __init__(self, created: bool = True) -> None:
+    def __init__(self, created: bool = True, qemu_variant: str = "patched-direct") -> None:
         self.created = created
+        self.qemu_variant = qemu_variant  # which recorded QMP replies the nodes' QEMU gives
         self.calls: list[tuple[str, tuple[str, ...]]] = []
         self.downs: list[str] = []
         self.flaky_left = 0  # `flaky` commands that die before they start to work
@@ -98,8 +102,15 @@ def make_ops(world: World) -> cli.Ops:
     def agent(node: FakeNode, timeout: float) -> Iterator[FakeAgent]:
         yield FakeAgent(node)
 
+    def cxl_paths(state: st.State) -> list[dict[str, Any]]:
+        # What the real reader makes of QMP replies recorded from a patched QEMU on the direct path.
+        conn = Conn({ns.domain: world.qemu_variant for ns in state.nodes.values()})
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(libvirt_qemu, "qemuMonitorCommand", monitor)
+            return [h.as_dict() for h in cxlpath.for_state(conn, state)]
+
     return cli.Ops(up=up, down=world.downs.append, guest=guest, endpoint=lambda layout, ns: ns.ssh_port,
-                   host_facts=lambda: HostFacts(64 << 30, 8), agent_session=agent)
+                   host_facts=lambda: HostFacts(64 << 30, 8), agent_session=agent, cxl_paths=cxl_paths)
 
 
 SCENARIO = f"""\
@@ -333,3 +344,21 @@ def test_parallel_workloads_and_memory_sampling(tmp_path: Path) -> None:
     assert any(r["type"] == "memory" and r["at"] == "during" for r in recs)
     s = json.loads((out / "summary.json").read_text())
     assert s["ok"] and s["modes"]["b"]["workloads"]["fixed"]["count"] == 6  # 3 per repetition
+
+
+@pytest.mark.parametrize(("variant", "observed", "flag"), [("patched-direct", "direct", None),
+                                                           ("patched-mmio", "mmio", "FELL BACK")])
+def test_results_record_each_heads_path_as_qemu_reports_it(tmp_path: Path, variant: str, observed: str,
+                                                            flag: str | None) -> None:
+    world = World(qemu_variant=variant)
+    out = tmp_path / "out"
+    assert cli.main(["run", str(scenario(tmp_path)), "--out", str(out)], ops=make_ops(world)) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    for key in ("cxl_paths", "cxl_paths_end"):  # read at the start and again at the end of the run
+        assert [(h["node"], h["observed"]) for h in meta[key]] == [("node0", observed), ("node1", observed)]
+    notes = meta["emulation"]["distortions"]
+    report = (out / "report.md").read_text()
+    assert "## What emulation distorts" in report and all(n in report for n in notes)
+    assert any(n.startswith(f"{observed} path:") for n in notes)
+    assert any(n.startswith("TCG:") for n in notes)
+    assert any(n.startswith("FELL BACK: node0/mhd0, node1/mhd0") for n in notes) == (flag is not None)
