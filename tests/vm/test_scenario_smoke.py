@@ -66,14 +66,20 @@ def test_smoke_scenario(tmp_path: Path) -> None:
     assert meta["topology"]["name"] == NAME and f"name: {NAME}" in meta["topology"]["text"]
     assert meta["testbed"]["brought_up_by_run"] and not meta["testbed"]["kept"]
     assert meta["accelerator"] in ("tcg", "kvm") and meta["testbed"]["kernel"]["release"]
-    assert meta["qemu"].startswith("QEMU emulator version") and meta["libvirt"]
+    assert meta["qemu"]["kind"] == "patched" and meta["qemu"]["version"] == "10.0.2" and meta["libvirt"]
+    assert len(meta["qemu"]["patches"]) == 4 and meta["qemu"]["key"] in meta["qemu"]["path"]
+    # Each head's path as QEMU reported it at the start and at the end, and what that distorts.
+    for key in ("cxl_paths", "cxl_paths_end"):
+        assert sorted((h["node"], h["observed"]) for h in meta[key]) == [("node0", "direct"), ("node1", "direct")]
+    assert any(n.startswith("direct path:") for n in meta["emulation"]["distortions"])
     assert meta["host"]["cpu"] and len(meta["git"]["commit"]) == 40
     assert meta["started"] < meta["ended"]
 
     # report.md and the plots
     report = (out / "report.md").read_text()
     assert report.startswith("# Scenario smoke")
-    for heading in ("### json", "### matmul", "### dax-read", "## Memory per mode", "## Executor overhead", "## Assertions"):
+    for heading in ("### json", "### matmul", "### dax-read", "## Memory per mode", "## Executor overhead", "## Assertions",
+                    "## What emulation distorts"):
         assert heading in report
     assert "| node0 | 6 | 0 | latency_ms |" in report and "| min(shared) == 1 for workload dax-read | pass |" in report
     for png in ("latency_cdf.png", "memory_instances.png", "startup_breakdown.png"):
