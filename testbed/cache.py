@@ -44,6 +44,16 @@ def building(final: Path) -> Iterator[Path]:
         raise
 
 
+def listing(folder: Path) -> list[dict[str, Any]]:
+    """The meta.json of every artefact under folder, each with its directory as "dir"."""
+    rows = []
+    for meta in sorted(folder.glob("*/meta.json")):
+        data: dict[str, Any] = read_json(meta)
+        data["dir"] = str(meta.parent)
+        rows.append(data)
+    return rows
+
+
 def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -89,12 +89,7 @@ def _configure(tree: Path, env: dict[str, str], debug: bool) -> str:
 
 
 def cached(kind: KernelKind = KernelKind.MM_TEMPLATE) -> list[dict[str, Any]]:
-    out = []
-    for meta in sorted((paths.cache_root() / "kernels").glob("*/meta.json")):
-        data: dict[str, Any] = cache.read_json(meta)
-        data["dir"] = str(meta.parent)
-        out.append(data)
-    return out
+    return cache.listing(paths.cache_root() / "kernels")
 
 
 def build(source: Path | None = None, progress: Progress | None = None, jobs: int | None = None,

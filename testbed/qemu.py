@@ -129,12 +129,7 @@ def debian() -> Emulator:
 
 
 def cached() -> list[dict[str, Any]]:
-    rows = []
-    for meta in sorted((paths.cache_root() / "qemu").glob("*/meta.json")):
-        data: dict[str, Any] = cache.read_json(meta)
-        data["dir"] = str(meta.parent)
-        rows.append(data)
-    return rows
+    return cache.listing(paths.cache_root() / "qemu")
 
 
 def build(progress: Progress | None = None, jobs: int | None = None) -> Emulator:
