@@ -290,7 +290,12 @@ def up(topo: Topology, progress: Progress = _noprogress) -> tuple[st.State, bool
     Holds the testbed's lock throughout: the sweep of leftovers below must never see the
     objects of another `up` of the same name that is still in phase "creating"."""
     with locks.testbed_lock(topo.name):
-        return _up(topo, progress)
+        try:
+            return _up(topo, progress)
+        except libvirt.libvirtError as exc:
+            # E.g. a QEMU that died while booting: the transaction has rolled back by now, so
+            # this is one line for the user, not a traceback.
+            raise TestbedError(f"testbed {topo.name}: libvirt: {exc}") from exc
 
 
 def _up(topo: Topology, progress: Progress) -> tuple[st.State, bool]:
