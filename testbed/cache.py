@@ -54,6 +54,14 @@ def listing(folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def ccache_env(root: Path, basedir: Path) -> dict[str, str]:
+    """ccache settings shared by the kernel and QEMU builds; a fixed basedir keeps hits across trees."""
+    ccache = root / "ccache"
+    ccache.mkdir(parents=True, exist_ok=True)
+    return {"CCACHE_DIR": str(ccache), "CCACHE_BASEDIR": str(basedir), "CCACHE_NOHASHDIR": "1",
+            "CCACHE_MAXSIZE": "5G"}
+
+
 def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

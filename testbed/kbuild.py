@@ -66,10 +66,7 @@ def build_key(version: str, debug: bool = False) -> dict[str, Any]:
 
 
 def _env() -> dict[str, str]:
-    ccache = paths.cache_root() / "ccache"
-    ccache.mkdir(parents=True, exist_ok=True)
-    return {"CCACHE_DIR": str(ccache), "CCACHE_BASEDIR": str(paths.cache_root() / "kbuild"),
-            "CCACHE_NOHASHDIR": "1", "CCACHE_MAXSIZE": "5G",
+    return {**cache.ccache_env(paths.cache_root(), paths.cache_root() / "kbuild"),
             "KBUILD_BUILD_TIMESTAMP": "Thu Jan  1 00:00:00 UTC 2026", "KBUILD_BUILD_USER": "cxltb",
             "KBUILD_BUILD_HOST": "cxltb"}
 

@@ -107,10 +107,7 @@ def fetch_source() -> Path:
 
 
 def _env() -> dict[str, str]:
-    ccache = paths.cache_root() / "ccache"
-    ccache.mkdir(parents=True, exist_ok=True)
-    return {"CCACHE_DIR": str(ccache), "CCACHE_BASEDIR": str(paths.cache_root() / "qbuild"),
-            "CCACHE_NOHASHDIR": "1", "CCACHE_MAXSIZE": "5G"}
+    return cache.ccache_env(paths.cache_root(), paths.cache_root() / "qbuild")
 
 
 def _emulator(final: Path) -> Path:
