@@ -19,9 +19,10 @@ from pathlib import Path
 
 import yaml
 
-from testbed import provision, remote
-from testbed.names import Layout
-from testbed.topology import host_facts, load
+from testbed.access import node as remote
+from testbed.config.topology import host_facts, load
+from testbed.lifecycle import provision
+from testbed.lifecycle.names import Layout
 
 REPO = Path(__file__).resolve().parents[1]
 SELFTESTS = REPO / "kernel-patches" / "selftests"

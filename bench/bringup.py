@@ -12,9 +12,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from testbed import image, kernel, names, provision, remote
-from testbed.pytest_plugin import renamed_topology
-from testbed.topology import host_facts, load
+from testbed.access import node as remote
+from testbed.artifacts import image, kernel
+from testbed.config.topology import host_facts, load
+from testbed.lifecycle import names, provision
+from testbed.ui.pytest_plugin import renamed_topology
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = {1: "one-node.yaml", 2: "two-node.yaml", 4: "four-node.yaml"}

@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from testbed import names, provision, remote
-from testbed.topology import host_facts, load
-from testbed.yamlfile import Size
+from testbed.access import node as remote
+from testbed.config.topology import host_facts, load
+from testbed.config.yamlfile import Size
+from testbed.lifecycle import names, provision
 
 CONFIGS = {  # name -> (qemu, path)
     "stock": ("debian", "mmio"),

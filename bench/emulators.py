@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from testbed import cli
+from testbed.ui import cli
 
 REPO = Path(__file__).resolve().parents[1]
 EMULATORS = {"patched": "direct", "debian": "mmio"}  # qemu -> the MHDs' path

@@ -29,8 +29,9 @@ from typing import Any
 
 import yaml
 
-from testbed import names, provision, remote
-from testbed.topology import host_facts, load
+from testbed.access import node as remote
+from testbed.config.topology import host_facts, load
+from testbed.lifecycle import names, provision
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "rstbench"

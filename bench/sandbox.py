@@ -18,9 +18,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from testbed import names, provision, remote
-from testbed.pytest_plugin import renamed_topology
-from testbed.topology import host_facts, load
+from testbed.access import node as remote
+from testbed.config.topology import host_facts, load
+from testbed.lifecycle import names, provision
+from testbed.ui.pytest_plugin import renamed_topology
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "sbxbench"

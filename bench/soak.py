@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from testbed import leaks, names
+from testbed.lifecycle import leaks, names
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "soak"  # --name replaces it

@@ -1,5 +1,5 @@
 import sys
 
-from testbed.cli import main
+from testbed.ui.cli import main
 
 sys.exit(main(sys.argv[1:]))

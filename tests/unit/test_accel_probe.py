@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from testbed import accel
+from testbed.artifacts.kernel import Kernel
+from testbed.config.topology import Accel, KernelKind
 from testbed.errors import UserError
-from testbed.kernel import Kernel
-from testbed.topology import Accel, KernelKind
+from testbed.lifecycle import accel
 
 DATA = Path(__file__).parent / "data" / "probe"
 KERNEL = Kernel(KernelKind.DEBIAN, "6.12", Path("/cache/kernels/debian-x"))

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from testbed.agent import AgentError, AgentSession
+from testbed.access.agent import AgentError, AgentSession
 
 TRANSCRIPT: list[dict[str, Any]] = json.loads(
     (Path(__file__).parent / "data" / "agent-transcript.json").read_text())

@@ -13,10 +13,10 @@ from types import FrameType
 
 import pytest
 
-from testbed import cli
+from testbed.config.topology import HostFacts, load
 from testbed.errors import ConfigError, UserError
-from testbed.scenario import arrivals, schema
-from testbed.topology import HostFacts, load
+from testbed.scenario.spec import arrivals, schema
+from testbed.ui import cli
 
 REPO = Path(__file__).resolve().parents[2]
 TWO = REPO / "testbeds" / "two-node.yaml"
@@ -135,7 +135,7 @@ def test_non_finite_numbers_are_refused(tmp_path: Path, alarm: None) -> None:
         exc = scn_error(tmp_path, text)
         assert exc.line == line and "not a finite number" in exc.message, str(exc)
     # Values the loader never sees (code building Documents) are checked where they are used.
-    from testbed.yamlfile import Document, convert
+    from testbed.config.yamlfile import Document, convert
 
     with pytest.raises(ConfigError, match="expected a finite number"):
         convert(Document("x.yaml", None, {}), float, float("nan"), ("rate",))
@@ -178,8 +178,8 @@ def test_null_key_in_free_form_mapping_is_refused(tmp_path: Path) -> None:
 
 def test_string_keys_check_of_built_documents() -> None:
     # Documents are also built from Python data (inline topologies, tests): checked there too.
-    from testbed.scenario.kinds import KINDS
-    from testbed.yamlfile import Document
+    from testbed.config.yamlfile import Document
+    from testbed.scenario.kinds.base import KINDS
 
     doc = Document("x.yaml", {}, {})
     with pytest.raises(ConfigError, match="a key must be a string"):

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from testbed import cli
-from testbed import state as st
-from testbed.remote import Result
+from testbed.access.node import Result
+from testbed.lifecycle import state as st
+from testbed.ui import cli
 
 
 class FakeGuest:
@@ -88,7 +88,7 @@ def test_unknown_verb_is_usage_error() -> None:
 
 
 def test_up_idempotent_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from testbed.topology import HostFacts
+    from testbed.config.topology import HostFacts
 
     topo = tmp_path / "t.yaml"
     topo.write_text("name: t\nnodes: 1\n")

@@ -6,8 +6,9 @@ from __future__ import annotations
 import libvirt_qemu
 import pytest
 
-from testbed import cxlpath, fidelity
-from testbed.cxlpath import Observed
+from testbed.lifecycle import cxlpath
+from testbed.lifecycle.cxlpath import Observed
+from testbed.scenario.output import fidelity
 
 from .qmp_replay import Conn, monitor
 

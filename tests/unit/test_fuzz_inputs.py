@@ -19,10 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from testbed import cli, topology
+from testbed.config import topology
+from testbed.config.yamlfile import load_document
 from testbed.errors import ConfigError, UserError, printable
-from testbed.scenario import schema
-from testbed.yamlfile import load_document
+from testbed.scenario.spec import schema
+from testbed.ui import cli
 
 pytestmark = pytest.mark.unit
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from testbed import image, names
-from testbed import state as st
+from testbed.artifacts import image
+from testbed.lifecycle import names
+from testbed.lifecycle import state as st
 
 pytestmark = pytest.mark.unit
 NEW, OLD, IN_USE, OTHER = "0123456789ab", "00000000beef", "fedcba987654", "aaaaaaaaaaaa"

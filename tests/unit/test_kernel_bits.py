@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from testbed import cpio
-from testbed.kernel import module_closure
+from testbed.artifacts import cpio
+from testbed.artifacts.kernel import module_closure
 
 
 def test_module_closure_orders_dependencies_first(tmp_path: Path) -> None:
@@ -45,7 +45,7 @@ def test_newc_archive_is_readable_by_cpio(tmp_path: Path) -> None:
 
 
 def test_patch_that_does_not_apply_names_the_patch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from testbed import patchseries
+    from testbed.artifacts import patchseries
     from testbed.errors import UserError
 
     tree = tmp_path / "linux"
@@ -62,7 +62,7 @@ def test_patch_that_does_not_apply_names_the_patch(tmp_path: Path, monkeypatch: 
 
 
 def test_series_rejects_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from testbed import kbuild
+    from testbed.artifacts import kbuild
     from testbed.errors import UserError
 
     (tmp_path / "series").write_text("# comment\n../etc/passwd\n")
@@ -80,7 +80,7 @@ def test_missing_tool_is_a_user_error() -> None:
 
 
 def test_local_source_tree_version_and_validation(tmp_path: Path) -> None:
-    from testbed import kbuild
+    from testbed.artifacts import kbuild
     from testbed.errors import UserError
 
     with pytest.raises(UserError, match="not a Linux source tree"):

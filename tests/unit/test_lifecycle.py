@@ -16,11 +16,12 @@ from typing import Any
 import libvirt
 import pytest
 
-from testbed import cli, daemons, locks, names, provision, pytest_plugin, status
-from testbed import state as st
+from testbed.config.topology import HostFacts, Topology
+from testbed.config.topology import load as load_topology
 from testbed.errors import Interrupted, UserError
-from testbed.topology import HostFacts, Topology
-from testbed.topology import load as load_topology
+from testbed.lifecycle import daemons, locks, names, provision
+from testbed.lifecycle import state as st
+from testbed.ui import cli, pytest_plugin, status
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed import qemu
+from testbed.artifacts import qemu
 from testbed.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]

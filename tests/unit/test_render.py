@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from testbed import names, render
-from testbed.kernel import Kernel
-from testbed.topology import Accel, HostFacts, KernelKind, load
+from testbed.artifacts.kernel import Kernel
+from testbed.config.topology import Accel, HostFacts, KernelKind, load
+from testbed.lifecycle import names, render
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from testbed.errors import ConfigError
-from testbed.scenario import arrivals
+from testbed.scenario.spec import arrivals
 
 RATE = 5.0
 DURATION = 4000.0  # about 20 000 arrivals

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from testbed.scenario import assertions as A
+from testbed.scenario.spec import assertions as A
 
 
 class Data:

@@ -14,12 +14,13 @@ from typing import Any
 import libvirt_qemu
 import pytest
 
-from testbed import cli, cxlpath
-from testbed import state as st
-from testbed.agent import AgentError
+from testbed.access.agent import AgentError
+from testbed.access.node import Result
+from testbed.config.topology import HostFacts
 from testbed.errors import NodeError
-from testbed.remote import Result
-from testbed.topology import HostFacts
+from testbed.lifecycle import cxlpath
+from testbed.lifecycle import state as st
+from testbed.ui import cli
 
 from .qmp_replay import Conn, monitor
 

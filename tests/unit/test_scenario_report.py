@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from testbed import cli
-from testbed.scenario import report, stats
+from testbed.scenario.output import report, stats
+from testbed.ui import cli
 
 
 def summary(lat: dict[str, list[float]], memory: dict[str, float] | None = None,

@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 
-from testbed import cli
-from testbed.agent import AgentError
-from testbed.remote import Result
-from testbed.scenario import arrivals, plots, restore_kinds, schema
-from testbed.scenario.kinds import KINDS
-from testbed.scenario.restore_kinds import RestoreAction, RestoreKind, SandboxKind
+from testbed.access.agent import AgentError
+from testbed.access.node import Result
+from testbed.scenario.kinds import restore as restore_kinds
+from testbed.scenario.kinds.base import KINDS
+from testbed.scenario.kinds.restore import RestoreAction, RestoreKind, SandboxKind
+from testbed.scenario.output import plots
+from testbed.scenario.spec import arrivals, schema
+from testbed.ui import cli
 
 from .test_scenario_executor import FakeNode, World, make_ops
 from .test_scenario_schema import error, write

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from testbed.scenario import results, stats
+from testbed.scenario.output import results, stats
 
 
 @pytest.mark.parametrize(("values", "p", "expected"), [

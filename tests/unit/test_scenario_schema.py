@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from testbed.errors import ConfigError, UserError
-from testbed.scenario import schema
+from testbed.scenario.spec import schema
 
 REPO = Path(__file__).resolve().parents[2]
 TWO = REPO / "testbeds" / "two-node.yaml"

@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from types import ModuleType
 
-from testbed.scenario import arrivals
+from testbed.scenario.spec import arrivals
 
 TRACES = Path(__file__).resolve().parents[2] / "scenarios" / "traces"
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from testbed import cli
+from testbed.config.topology import Accel, Backing, CxlPath, HostFacts, KernelKind, QemuKind, load
+from testbed.config.yamlfile import Size
 from testbed.errors import ConfigError
-from testbed.topology import Accel, Backing, CxlPath, HostFacts, KernelKind, QemuKind, load
-from testbed.yamlfile import Size
+from testbed.ui import cli
 
 REPO = Path(__file__).resolve().parents[2]
 BIG_HOST = HostFacts(mem_available=64 << 30, cpus=8)

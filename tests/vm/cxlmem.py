@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from testbed import cxlpath, daemons, names
-from testbed.pytest_plugin import Testbed
+from testbed.lifecycle import cxlpath, daemons, names
+from testbed.ui.pytest_plugin import Testbed
 
 MiB = 1 << 20
 CXL = "/dev/mhd/mhd0"

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from testbed import accel, kernel, qemu
-from testbed.topology import KernelKind
+from testbed.artifacts import kernel, qemu
+from testbed.config.topology import KernelKind
+from testbed.lifecycle import accel
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The host-agent contract against a real agent: the requests in tests/unit/data/agent-transcript.json
-(recorded from `tbagent serve` on a real node, through testbed.agent.AgentSession) are sent again
+(recorded from `tbagent serve` on a real node, through testbed.access.agent.AgentSession) are sent again
 and every reply must equal the recorded one. The unit tests replay the same transcript against
 the host side (tests/unit/test_agent_contract.py), so a change on either side fails a test.
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from testbed.agent import AgentError, AgentSession
-from testbed.pytest_plugin import Testbed
+from testbed.access.agent import AgentError, AgentSession
+from testbed.ui.pytest_plugin import Testbed
 
 REPO = Path(__file__).resolve().parents[2]
 TRANSCRIPT = REPO / "tests" / "unit" / "data" / "agent-transcript.json"

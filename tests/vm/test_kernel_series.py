@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed import kbuild
+from testbed.artifacts import kbuild
 
 pytestmark = pytest.mark.skipif(not kbuild.SOURCE_TARBALL.exists(), reason="linux-source-6.12 not installed")
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from testbed import names, provision, sharing
-from testbed.pytest_plugin import renamed_topology
-from testbed.topology import host_facts, load
+from testbed.config.topology import host_facts, load
+from testbed.lifecycle import names, provision, sharing
+from testbed.ui.pytest_plugin import renamed_topology
 
 from .leftovers import assert_clean
 

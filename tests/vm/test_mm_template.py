@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from testbed.pytest_plugin import Testbed
-from testbed.remote import Result
+from testbed.access.node import Result
+from testbed.ui.pytest_plugin import Testbed
 
 REPO = Path(__file__).resolve().parents[2]
 SELFTESTS = REPO / "kernel-patches" / "selftests"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from testbed.pytest_plugin import Testbed
+from testbed.ui.pytest_plugin import Testbed
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "guest-agent"))

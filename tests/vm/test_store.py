@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from testbed import daemons, names
-from testbed.agent import AgentError, AgentSession
-from testbed.pytest_plugin import Testbed
+from testbed.access.agent import AgentError, AgentSession
+from testbed.lifecycle import daemons, names
+from testbed.ui.pytest_plugin import Testbed
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.topology(str(REPO / "testbeds" / "two-node.yaml"))

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from testbed import names, provision, sharing
-from testbed.pytest_plugin import Testbed
-from testbed.topology import load
+from testbed.config.topology import load
+from testbed.lifecycle import names, provision, sharing
+from testbed.ui.pytest_plugin import Testbed
 
 from .leftovers import assert_clean
 

@@ -1,0 +1,491 @@
+"""The `testbed` command line. Verbs are an enum with a dispatch table; the operations are
+injected (main(argv, ops=...)) so unit tests need neither root nor libvirt."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from testbed import __version__
+from testbed.config.topology import NAME_RE, NODE_RE
+from testbed.errors import Interrupted, TestbedError, UserError, printable, shorten
+
+log = logging.getLogger("testbed")
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+
+class Verb(StrEnum):
+    UP = "up"
+    DOWN = "down"
+    STATUS = "status"
+    EXEC = "exec"
+    SSH = "ssh"
+    CONSOLE = "console"
+    DOCTOR = "doctor"
+    DEMO = "demo"
+    IMAGE = "image"
+    KERNEL = "kernel"
+    QEMU = "qemu"
+    RUN = "run"
+    REPORT = "report"
+    COMPARE = "compare"
+
+
+def _lazy(module: str, name: str) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(f"testbed.{module}"), name)(*args, **kwargs)
+
+    return call
+
+
+@dataclass
+class Ops:
+    """The side-effecting operations the CLI calls; replaced by fakes in unit tests."""
+
+    load_topology: Callable[..., Any] = field(default_factory=lambda: _lazy("config.topology", "load"))
+    host_facts: Callable[..., Any] = field(default_factory=lambda: _lazy("config.topology", "host_facts"))
+    up: Callable[..., Any] = field(default_factory=lambda: _lazy("lifecycle.provision", "up"))
+    down: Callable[..., Any] = field(default_factory=lambda: _lazy("lifecycle.provision", "down"))
+    status: Callable[..., Any] = field(default_factory=lambda: _lazy("ui.status", "all_status"))
+    load_state: Callable[..., Any] = field(default_factory=lambda: _lazy("lifecycle.state", "load"))
+    known: Callable[..., Any] = field(default_factory=lambda: _lazy("lifecycle.state", "known_testbeds"))
+    guest: Callable[..., Any] = field(default_factory=lambda: _lazy("access.node", "guest"))
+    endpoint: Callable[..., Any] = field(default_factory=lambda: _lazy("lifecycle.provision", "endpoint"))
+    doctor: Callable[..., Any] = field(default_factory=lambda: _lazy("ui.doctor", "run_checks"))
+    prove_sharing: Callable[..., Any] = field(default_factory=lambda: _lazy("lifecycle.sharing", "prove"))
+    build_image: Callable[..., Any] = field(default_factory=lambda: _lazy("artifacts.image", "build"))
+    build_kernel: Callable[..., Any] = field(default_factory=lambda: _lazy("artifacts.kbuild", "build"))
+    list_kernels: Callable[..., Any] = field(default_factory=lambda: _lazy("artifacts.kbuild", "cached"))
+    build_qemu: Callable[..., Any] = field(default_factory=lambda: _lazy("artifacts.qemu", "build"))
+    list_qemus: Callable[..., Any] = field(default_factory=lambda: _lazy("artifacts.qemu", "cached"))
+    agent_session: Callable[..., Any] = field(default_factory=lambda: _lazy("access.agent", "AgentSession"))
+    # state -> each head's CXL path as QEMU reports it (for results' meta.json)
+    cxl_paths: Callable[..., Any] = field(default_factory=lambda: _lazy("lifecycle.cxlpath", "read_for_state"))
+    execv: Callable[[str, list[str]], Any] = os.execv
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="testbed", description="QEMU/libvirt testbeds sharing an emulated CXL multi-headed device")
+    p.add_argument("--debug", action="store_true", help="log every host command and show tracebacks")
+    p.add_argument("--version", action="version", version=__version__)
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    up = sub.add_parser(Verb.UP, help="bring a testbed up (idempotent)")
+    up.add_argument("-f", "--file", required=True, type=Path, help="topology YAML")
+    down = sub.add_parser(Verb.DOWN, help="remove every object of a testbed")
+    down.add_argument("name", nargs="?", help="testbed name")
+    down.add_argument("-f", "--file", type=Path, help="topology YAML (instead of a name)")
+    status = sub.add_parser(Verb.STATUS, help="testbeds, nodes, CXL devices")
+    status.add_argument("name", nargs="?")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    ex = sub.add_parser(Verb.EXEC, help="run a command on a node, or on all nodes in parallel")
+    ex.add_argument("-t", "--testbed", help="testbed name (default: the only one up)")
+    ex.add_argument("node", help="node name or 'all'")
+    ex.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    ssh = sub.add_parser(Verb.SSH, help="interactive SSH session on a node")
+    ssh.add_argument("-t", "--testbed")
+    ssh.add_argument("node")
+    con = sub.add_parser(Verb.CONSOLE, help="print a node's serial console log")
+    con.add_argument("-t", "--testbed")
+    con.add_argument("node")
+    con.add_argument("--follow", action="store_true")
+    sub.add_parser(Verb.DOCTOR, help="check the host and say how to fix what is missing")
+    demo = sub.add_parser(Verb.DEMO, help="up, prove cross-head sharing, print a summary, down")
+    demo.add_argument("-f", "--file", type=Path, default=Path("testbeds/two-node.yaml"))
+    demo.add_argument("--keep", action="store_true", help="leave the testbed up")
+    img = sub.add_parser(Verb.IMAGE, help="build the guest image (cached by recipe hash)")
+    img.add_argument("name", nargs="?", default="bookworm")
+    kern = sub.add_parser(Verb.KERNEL, help="build or list guest kernels").add_subparsers(dest="op", required=True)
+    kb = kern.add_parser("build", help="build the mm-template kernel (patched, cached by content hash)")
+    kb.add_argument("--source", type=Path, help="a local Linux 6.12 tree instead of Debian's linux-source-6.12")
+    kb.add_argument("-j", "--jobs", type=int, help="parallel make jobs (default: all CPUs)")
+    kb.add_argument("--debug", action="store_true", help="the debug variant (DEBUG_VM, lockdep) for the slow tier")
+    kern.add_parser("list", help="cached kernels")
+    qemu = sub.add_parser(Verb.QEMU, help="build or list the patched QEMU").add_subparsers(dest="op", required=True)
+    qb = qemu.add_parser("build", help="build QEMU with qemu-patches/ (direct-mapped CXL memory; cached by content hash)")
+    qb.add_argument("-j", "--jobs", type=int, help="parallel build jobs (default: all CPUs)")
+    qemu.add_parser("list", help="cached QEMU builds")
+    from testbed.ui import scenario_commands as scn_cmds
+
+    scn_cmds.add_run_arguments(sub.add_parser(Verb.RUN, help="run a scenario; results, report and plots in a folder"))
+    sub.add_parser(Verb.REPORT, help="print the tables of a results folder").add_argument("dir", type=Path)
+    scn_cmds.add_compare_arguments(sub.add_parser(Verb.COMPARE, help="compare two results folders, flag regressions"))
+    return p
+
+
+def _check_name(name: str, what: str, regex: Any = NAME_RE) -> str:
+    if not regex.match(name):
+        raise UserError(f"invalid {what} name {name!r}: use [a-z][a-z0-9-]*")
+    return name
+
+
+def _testbed(args: argparse.Namespace, ops: Ops) -> str:
+    if getattr(args, "testbed", None):
+        return _check_name(args.testbed, "testbed")
+    from testbed import paths
+
+    known = ops.known(paths.state_root())
+    if len(known) == 1:
+        return str(known[0])
+    if not known:
+        raise UserError("no testbed is up; run `testbed up -f testbeds/two-node.yaml`")
+    raise UserError(f"several testbeds are up ({', '.join(known)}); choose one with -t NAME")
+
+
+def _state(name: str, ops: Ops) -> Any:
+    from testbed.lifecycle import names
+
+    state = ops.load_state(names.Layout(name))
+    if state is None:
+        raise UserError(f"no testbed named {name!r}; see `testbed status`")
+    return state
+
+
+class PhaseProgress:
+    """rich progress bars, one per phase of a long operation (kernel, image, boot, ready)."""
+
+    def __init__(self, title: str, total_nodes: int) -> None:
+        self.bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                             MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=False)
+        self.title = title
+        self.total_nodes = total_nodes
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> PhaseProgress:
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.__exit__(None, None, None)
+
+    def __call__(self, phase: str, message: str) -> None:
+        log.debug("%s: %s", phase, message)
+        per_node = phase in ("boot", "ready")
+        if phase not in self.tasks:
+            for tid in self.tasks.values():  # a new phase means the earlier ones are done
+                task = self.bars.tasks[tid]
+                if task.total is not None and not per_node:
+                    self.bars.update(tid, completed=task.total)
+            total = self.total_nodes if per_node else 1
+            self.tasks[phase] = self.bars.add_task(f"{self.title}: {phase}", total=total)
+        tid = self.tasks[phase]
+        self.bars.update(tid, description=f"{self.title}: {phase}: {message}",
+                         advance=1 if per_node else 0)
+
+
+def _require_node(testbed: str, state: Any, node: str, *extra: str) -> None:
+    if node not in state.nodes and node not in extra:
+        raise UserError(f"testbed {testbed} has no node {node!r} (nodes: {', '.join([*state.nodes, *extra])})")
+
+
+def cmd_up(args: argparse.Namespace, ops: Ops) -> int:
+    topo = ops.load_topology(args.file, ops.host_facts())
+    t0 = time.monotonic()
+    with PhaseProgress(topo.name, len(topo.nodes)) as progress:
+        state, created = ops.up(topo, progress)
+    if not created:
+        out.print(f"testbed {topo.name} is already up")
+    else:
+        out.print(f"testbed {topo.name} up in {time.monotonic() - t0:.1f}s ({state.accel}, "
+                  f"{len(state.nodes)} nodes)")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace, ops: Ops) -> int:
+    if args.file:
+        name = ops.load_topology(args.file).name
+    elif args.name:
+        name = _check_name(args.name, "testbed")
+    else:
+        raise UserError("testbed down: give a testbed name or -f TOPOLOGY")
+    t0 = time.monotonic()
+    removed = ops.down(name)
+    out.print(f"testbed {name} down in {time.monotonic() - t0:.1f}s ({len(removed)} objects removed)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, ops: Ops) -> int:
+    from testbed import paths
+
+    names = [_check_name(args.name, "testbed")] if args.name else ops.known(paths.state_root())
+    data = ops.status(names) if names else []
+    failed = 1 if any("error" in tb for tb in data) else 0
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return failed
+    if not data:
+        out.print("no testbeds")
+    for tb in data:
+        if "error" in tb:  # e.g. a corrupt state file: one plain line (no markup, no wrapping)
+            print(f"testbed {tb['testbed']}: {tb['error']}")
+            continue
+        qemu = tb.get("qemu") or {}
+        table = Table(title=f"{tb['testbed']} ({tb['phase']}, {tb['accelerator']}, kernel {tb['kernel'].get('release', '?')}, "
+                            f"qemu {qemu.get('kind', '?')} {qemu.get('version', '')})")
+        for col in ("node", "state", "ssh", "address", "MHD", "memdev", "serial", "region", "size", "dax", "path"):
+            table.add_column(col)
+        # The path each head really takes, as QEMU reports it (not as configured).
+        observed = {(h["node"], h["mhd"]): h for h in tb.get("cxl_paths", [])}
+        for n in tb["nodes"]:
+            cxl = n.get("cxl") or [{}]
+            for i, dev in enumerate(cxl):
+                size = dev.get("size")
+                head = observed.get((n["name"], dev.get("mhd", "")))
+                path = "" if head is None else (
+                    f"{head['observed']} (configured {head['configured']}: FELL BACK)" if head["fell_back"]
+                    else head["observed"])
+                table.add_row(n["name"] if i == 0 else "", n["state"] if i == 0 else "",
+                              f"127.0.0.1:{n['ssh']['port']}" if i == 0 else "", n["address"] if i == 0 else "",
+                              dev.get("mhd", ",".join(n["mhds"])), dev.get("memdev", ""), dev.get("serial", ""),
+                              dev.get("region", ""), f"{int(size, 16) >> 20} MiB" if size else "",
+                              dev.get("path", ""), path)
+        out.print(table)
+    return failed
+
+
+def cmd_exec(args: argparse.Namespace, ops: Ops) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UserError("testbed exec: no command given; usage: testbed exec NODE|all -- COMMAND")
+    name = _testbed(args, ops)
+    state = _state(name, ops)
+    from testbed.lifecycle import names
+
+    layout = names.Layout(name)
+    _require_node(name, state, args.node, "all")
+    targets = list(state.nodes) if args.node == "all" else [args.node]
+
+    def one(node: str) -> tuple[str, int, str, str]:
+        with ops.guest(node, ops.endpoint(layout, state.nodes[node])) as g:
+            r = g.run(command, check=False, stream=len(targets) == 1)
+            return node, r.exit_code, r.stdout, r.stderr
+
+    with ThreadPoolExecutor(max_workers=len(targets)) as pool:
+        results = list(pool.map(one, targets))
+    worst = 0
+    for node, code, stdout, stderr in results:
+        if len(targets) > 1:
+            for line in stdout.splitlines():
+                print(f"{node} | {line}")
+            for line in stderr.splitlines():
+                print(f"{node} ! {line}", file=sys.stderr)
+        if code != 0:
+            print(f"testbed: {node}: exit code {code}", file=sys.stderr)
+            worst = max(worst, code)
+    return worst
+
+
+def cmd_ssh(args: argparse.Namespace, ops: Ops) -> int:
+    name = _testbed(args, ops)
+    state = _state(name, ops)
+    _check_name(args.node, "node", NODE_RE)
+    _require_node(name, state, args.node)
+    from testbed.lifecycle import names
+
+    layout = names.Layout(name)
+    argv = ["ssh", "-i", str(layout.client_key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", f"UserKnownHostsFile={layout.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+            "-p", str(state.nodes[args.node].ssh_port), "root@127.0.0.1"]
+    ops.execv("/usr/bin/ssh", argv)
+    return 0
+
+
+def cmd_console(args: argparse.Namespace, ops: Ops) -> int:
+    name = _testbed(args, ops)
+    state = _state(name, ops)
+    _require_node(name, state, args.node)
+    from testbed.lifecycle import names
+
+    path = names.Layout(name).console(args.node)
+    if not path.exists():
+        raise UserError(f"{path}: no console log yet")
+    with open(path, errors="replace") as fh:
+        sys.stdout.write(fh.read())
+        while args.follow:
+            chunk = fh.read()
+            if chunk:
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+            else:
+                time.sleep(0.5)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace, ops: Ops) -> int:
+    checks = ops.doctor()
+    for c in checks:
+        mark = "[green]ok[/]  " if c.ok else "[red]FAIL[/]"
+        out.print(f"{mark} {c.name:10} {c.detail}")
+        if not c.ok and c.fix:
+            out.print(f"       fix: {c.fix}")
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def cmd_demo(args: argparse.Namespace, ops: Ops) -> int:
+    topo = ops.load_topology(args.file, ops.host_facts())
+    t0 = time.monotonic()
+    with PhaseProgress(topo.name, len(topo.nodes)) as progress:
+        state, created = ops.up(topo, progress)
+    t_up = time.monotonic() - t0
+    if not created:
+        out.print(f"testbed {topo.name} was already up: the demo uses it and leaves it up")
+    try:
+        results = ops.prove_sharing(topo, state)
+        table = Table(title=f"cxl-testbed demo: {topo.name} ({state.accel}, kernel {state.kernel['release']})")
+        for col in ("MHD", "writer", "offset", "token", "read back by", "host file", "shared"):
+            table.add_column(col)
+        for r in results:
+            table.add_row(r.mhd, r.writer, hex(r.offset), r.token,
+                          ", ".join(f"{n}{'=' if v == r.token else '!='}" for n, v in r.readers.items()),
+                          "match" if r.host_file == r.token else f"MISMATCH {r.host_file}", "yes" if r.ok else "NO")
+        out.print(table)
+        out.print(f"up: {t_up:.1f}s; node ready times: " +
+                  ", ".join(f"{k.split('.', 1)[1]} {v:.1f}s" for k, v in state.timings.items() if k.startswith("ready.")))
+        ok = all(r.ok for r in results)
+    finally:
+        # Only what this demo brought up is its to remove: a testbed that was already up
+        # belongs to whoever started it.
+        if created and not args.keep:
+            t1 = time.monotonic()
+            ops.down(topo.name)
+            out.print(f"down: {time.monotonic() - t1:.1f}s")
+    if not ok:
+        print("testbed: demo: the heads do not see the same bytes", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def cmd_image(args: argparse.Namespace, ops: Ops) -> int:
+    _check_name(args.name, "image")
+    with err.status(f"building image {args.name}"):
+        img = ops.build_image(args.name)
+    out.print(f"image {img.name}: {img.path}")
+    return 0
+
+
+def cmd_kernel(args: argparse.Namespace, ops: Ops) -> int:
+    if args.op == "list":
+        rows = ops.list_kernels()
+        table = Table(title="cached guest kernels")
+        for col in ("kind", "release", "key", "build s", "patches", "directory"):
+            table.add_column(col)
+        for k in rows:
+            table.add_row(k.get("kind", "?"), k.get("release", "?"), k.get("key", "-"), str(k.get("build_seconds", "-")),
+                          str(len(k.get("patches", {}))), k["dir"])
+        out.print(table)
+        return 0
+    if args.source is not None and not args.source.is_dir():
+        raise UserError(f"--source {args.source}: no such directory")
+    t0 = time.monotonic()
+    with PhaseProgress("kernel", 1) as progress:
+        kern = ops.build_kernel(args.source, progress, args.jobs, args.debug)
+    out.print(f"kernel {kern.release}: {kern.directory} ({time.monotonic() - t0:.0f}s)")
+    return 0
+
+
+def cmd_qemu(args: argparse.Namespace, ops: Ops) -> int:
+    if args.op == "list":
+        table = Table(title="cached QEMU builds")
+        for col in ("kind", "version", "key", "build s", "jobs", "patches", "directory"):
+            table.add_column(col)
+        for q in ops.list_qemus():
+            table.add_row(q.get("kind", "?"), q.get("version", "?"), q.get("key", "-"), str(q.get("build_seconds", "-")),
+                          str(q.get("jobs", "-")), str(len(q.get("patches", {}))), q["dir"])
+        out.print(table)
+        return 0
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: must be at least 1")
+    t0 = time.monotonic()
+    with PhaseProgress("qemu", 1) as progress:
+        emu = ops.build_qemu(progress, args.jobs)
+    out.print(f"qemu {emu.version}: {emu.path} ({time.monotonic() - t0:.0f}s)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, ops: Ops) -> int:
+    from testbed.ui import scenario_commands as commands
+
+    return commands.cmd_run(args, ops)
+
+
+def cmd_report(args: argparse.Namespace, ops: Ops) -> int:
+    from testbed.ui import scenario_commands as commands
+
+    return commands.cmd_report(args, ops)
+
+
+def cmd_compare(args: argparse.Namespace, ops: Ops) -> int:
+    from testbed.ui import scenario_commands as commands
+
+    return commands.cmd_compare(args, ops)
+
+
+DISPATCH: dict[Verb, Callable[[argparse.Namespace, Ops], int]] = {
+    Verb.UP: cmd_up, Verb.DOWN: cmd_down, Verb.STATUS: cmd_status, Verb.EXEC: cmd_exec,
+    Verb.SSH: cmd_ssh, Verb.CONSOLE: cmd_console, Verb.DOCTOR: cmd_doctor, Verb.DEMO: cmd_demo,
+    Verb.IMAGE: cmd_image, Verb.KERNEL: cmd_kernel, Verb.QEMU: cmd_qemu,
+    Verb.RUN: cmd_run, Verb.REPORT: cmd_report, Verb.COMPARE: cmd_compare,
+}
+
+
+def _interrupted_message(exc: Interrupted) -> str:
+    if exc.rolled_back:
+        return "testbed: interrupted; everything created was rolled back"
+    left = "; ".join(exc.left) if exc.left else "objects named after the testbed"
+    return (f"testbed: interrupted again during the rollback of testbed {exc.testbed}; these may be left: {left}; "
+            f"remove them with `testbed down {exc.testbed}`")
+
+
+def _sigterm(_signo: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None, ops: Ops | None = None) -> int:
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(message)s", stream=sys.stderr)
+    if not args.debug:
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return DISPATCH[Verb(args.verb)](args, ops or Ops())
+    except Interrupted as exc:
+        print(_interrupted_message(exc), file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        # Not inside an `up` transaction: nothing here knows whether anything was rolled back.
+        print("testbed: interrupted; `testbed status` shows what is up, `testbed down NAME` removes a testbed",
+              file=sys.stderr)
+        return 130
+    except UserError as exc:
+        if args.debug:
+            raise
+        # One line whatever the input held: newlines, ESC and NUL are shown escaped.
+        print(f"testbed: error: {shorten(printable(str(exc)), 2000)}", file=sys.stderr)
+        return exc.exit_code
+    except TestbedError as exc:
+        if args.debug:
+            raise
+        first, _, rest = "\n".join(printable(line) for line in str(exc).split("\n")).partition("\n")
+        print(f"testbed: error: {first}" + (f"\n{rest}" if rest else "") + "\n(run with --debug for details)",
+              file=sys.stderr)
+        return exc.exit_code

@@ -1,0 +1,107 @@
+"""The scenario verbs of the CLI: `testbed run`, `testbed report`, `testbed compare`.
+testbed/cli.py parses the arguments and calls these with its (fakeable) Ops. The engine is
+imported when a verb runs, so building the parser stays cheap for every other verb."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from testbed.errors import UserError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scenario", type=Path, help="scenario YAML (e.g. scenarios/smoke.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value: a dotted path, the value read as YAML (repeatable)")
+    p.add_argument("--keep", action="store_true", help="leave the testbed up (if the run brought it up)")
+    p.add_argument("--out", type=Path, help="results folder (default: results/NAME-TIME)")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run in DIR")
+
+
+def add_compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("old", type=Path, help="results folder of the baseline")
+    p.add_argument("new", type=Path, help="results folder to check")
+    p.add_argument("--threshold", type=float, default=0.10,
+                   help="a regression is worse by more than this fraction (default 0.10)")
+    p.add_argument("--stat", dest="stats", action="append", choices=["median", "mean", "p50", "p90", "p99", "min", "max"],
+                   help="statistics to compare (default: median and p99)")
+    p.add_argument("--higher-is-better", dest="higher_better", action="append", default=[], metavar="METRIC",
+                   help="a metric for which larger is better (repeatable)")
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+def cmd_run(args: argparse.Namespace, ops: Any) -> int:
+    from testbed.scenario.output import report
+    from testbed.scenario.run.executor import Backend, Options, run
+    from testbed.scenario.spec import schema
+
+    scn = schema.load(args.scenario, args.overrides)
+    if args.resume is not None and args.out is not None and args.out.resolve() != args.resume.resolve():
+        raise UserError("--out and --resume name different folders; --resume DIR continues the run in DIR")
+    out = args.resume or args.out or Path("results") / f"{scn.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    outcome = run(scn, Options(out, args.keep, args.resume is not None, tuple(args.overrides)), Backend.from_ops(ops))
+    con = _console()
+    for table in report.tables(outcome.summary):
+        con.print(table)
+    for f in outcome.failures:
+        if not f.get("after_stop"):
+            con.print(f"[red]failed[/] ({f['phase']} {escape(f['where'])}): {escape(f['error'])}")
+    s = outcome.summary
+    con.print(f"scenario {scn.name}: {'[green]ok[/]' if outcome.ok else '[red]FAILED[/]'}; units {s['units']['done']}/"
+              f"{s['units']['total']}; wall {s['wall_s']:.1f}s; results in {outcome.out}")
+    return 0 if outcome.ok else 1
+
+
+def cmd_report(args: argparse.Namespace, ops: Any) -> int:
+    from testbed.scenario.output import report, results
+
+    summary = results.read_json(args.dir / results.SUMMARY)
+    con = _console()
+    meta_path = args.dir / results.META
+    if meta_path.exists():
+        meta = results.read_json(meta_path)
+        con.print(f"scenario {meta.get('scenario', {}).get('name', '?')} on {meta.get('testbed', {}).get('name', '?')} "
+                  f"({meta.get('accelerator', '?')}), {meta.get('started', '?')} to {meta.get('ended', '?')}")
+    for table in report.tables(summary):
+        con.print(table)
+    failures = results.read_json(args.dir / results.FAILURES) if (args.dir / results.FAILURES).exists() else []
+    for f in failures:
+        con.print(f"[red]failed[/] ({f.get('phase')} {escape(str(f.get('where')))}): {escape(str(f.get('error')))}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, ops: Any) -> int:
+    from testbed.scenario.output import report, results
+
+    if args.threshold < 0:
+        raise UserError(f"--threshold {args.threshold}: must not be negative")
+    old = results.read_json(args.old / results.SUMMARY)
+    new = results.read_json(args.new / results.SUMMARY)
+    diffs = report.compare(old, new, args.threshold, tuple(args.stats or ("median", "p99")), tuple(args.higher_better))
+    con = _console()
+    if not diffs:
+        con.print("nothing in common to compare (no shared mode and workload)")
+        return 0
+    con.print(report.compare_table(diffs, str(args.old), str(args.new)))
+    bad = [d for d in diffs if d.regression]
+    con.print(f"{len(bad)} regression(s) beyond {args.threshold * 100:.0f}%" if bad else
+              f"no regressions beyond {args.threshold * 100:.0f}%")
+    return 1 if bad else 0
