@@ -53,7 +53,24 @@ class CommandError(TestbedError):
 
 
 class NodeError(TestbedError):
-    """A command on a node (guest) failed or the node could not be reached."""
+    """A command on a node (host or guest) failed or the node could not be reached."""
+
+
+class Unreachable(NodeError):
+    """The node cannot be reached, or the session to it was lost."""
+
+
+class NodeTimeout(NodeError):
+    """A command on the node did not finish within its timeout."""
+
+
+class CommandFailed(NodeError):
+    """A command on the node ran and exited non-zero; carries the exit code and the output tail."""
+
+    def __init__(self, message: str, exit_code: int, output: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.output = output
 
 
 class Interrupted(KeyboardInterrupt):
