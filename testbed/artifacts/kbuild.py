@@ -15,7 +15,7 @@ from typing import Any
 
 from testbed import paths
 from testbed.artifacts import cache, patchseries
-from testbed.artifacts.kernel import Kernel, build_initramfs, build_modules_image
+from testbed.artifacts.bootfiles import Kernel, build_initramfs, build_modules_image
 from testbed.config.topology import KernelKind
 from testbed.errors import UserError
 from testbed.hostcmd import run

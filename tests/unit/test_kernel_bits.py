@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from testbed.artifacts import cpio
-from testbed.artifacts.kernel import module_closure
+from testbed.artifacts.bootfiles import module_closure
 
 
 def test_module_closure_orders_dependencies_first(tmp_path: Path) -> None:
