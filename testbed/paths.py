@@ -5,7 +5,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+PACKAGE = Path(__file__).resolve().parent
+REPO = PACKAGE.parent  # the checkout, when running from one
+
+
+def _data_root() -> Path:
+    """Where the project's data folders (images/, guest-agent/, kernel-patches/, testbeds/,
+    ...) are: inside the package in an installed wheel (setup.py puts them there), else the
+    checkout."""
+    installed = PACKAGE / "_data"
+    return installed if installed.is_dir() else REPO
+
+
+DATA = _data_root()
 
 
 def state_root() -> Path:

@@ -21,8 +21,8 @@ from testbed.hostcmd import run
 BOOT_MODULES = ("virtio_blk", "crc32c_generic", "ext4")
 # What the accelerator probe's initramfs loads to commit a CXL RAM region and map it by device-dax.
 PROBE_MODULES = ("cxl_acpi", "cxl_pci", "cxl_port", "cxl_mem", "dax_cxl", "device_dax")
-CXLMEM_SOURCE = paths.REPO / "guest-agent" / "native" / "cxlmem.c"
-INITRAMFS_DIR = paths.REPO / "images" / "initramfs"
+CXLMEM_SOURCE = paths.DATA / "guest-agent" / "native" / "cxlmem.c"
+INITRAMFS_DIR = paths.DATA / "images" / "initramfs"
 BUSYBOX = Path("/bin/busybox")
 
 

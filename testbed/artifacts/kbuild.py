@@ -22,7 +22,7 @@ from testbed.hostcmd import run
 
 SOURCE_PACKAGE = "linux-source-6.12"
 SOURCE_TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
-PATCHES = paths.REPO / "kernel-patches"
+PATCHES = paths.DATA / "kernel-patches"
 FRAGMENT = PATCHES / "config" / "mm-template.fragment"
 # The debug variant (DEBUG_VM, lockdep, page-table checks) adds these, in order.
 DEBUG_FRAGMENTS = (PATCHES / "config" / "debug.fragment", PATCHES / "config" / "debug-tcg.fragment")

@@ -23,7 +23,7 @@ DEBIAN_PACKAGE = "linux-image-6.12.95+deb12-amd64-unsigned"
 
 
 def recipe_hash(extra: str) -> str:
-    return cache.hash_files([INITRAMFS_DIR, CXLMEM_SOURCE], paths.REPO, [extra, BUSYBOX.name,
+    return cache.hash_files([INITRAMFS_DIR, CXLMEM_SOURCE], paths.DATA, [extra, BUSYBOX.name,
                             str(BUSYBOX.stat().st_size) if BUSYBOX.exists() else "none",
                             Path(__file__).read_text(), Path(bootfiles.__file__).read_text()])[:12]
 

@@ -26,7 +26,7 @@ TARBALL = f"qemu_{VERSION}+ds.orig.tar.xz"
 # The hash apt-cache showsrc gives for bookworm-backports' qemu 1:10.0.2+ds-2+deb13u1~bpo12+1;
 # checked against apt's own metadata too, so a changed archive is caught either way.
 TARBALL_SHA256 = "0901da33844a331bf8b3602b9c1fbd178e60b737c8e3ade678255bd090c9b9f1"
-PATCHES = paths.REPO / "qemu-patches"
+PATCHES = paths.DATA / "qemu-patches"
 DEBIAN_EMULATOR = Path("/usr/bin/qemu-system-x86_64")
 # A fixed prefix keeps ccache hits across patch changes (config-host.h names it); the install
 # is relocated into the cache directory, which QEMU supports (it finds its data by relative path).

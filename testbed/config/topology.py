@@ -229,7 +229,7 @@ def parse(doc: Document, host: HostFacts | None = None) -> Topology:
     # same safe-name rule as testbed names, checked before any path is made from it.
     if not NAME_RE.match(raw.image):
         raise doc.error(("image",), f"unsafe image name {raw.image!r}: use 1-20 of [a-z0-9-], starting with a letter")
-    if not (paths.REPO / "images" / raw.image / "packages.txt").is_file():
+    if not (paths.DATA / "images" / raw.image / "packages.txt").is_file():
         raise doc.error(("image",), f"unknown image {raw.image!r}: no images/{raw.image}/packages.txt")
     net = _subnet(doc, raw.network.subnet)
 
