@@ -31,7 +31,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from testbed.errors import NodeError, TestbedError, UserError
 from testbed.lifecycle import cxlpath, names
-from testbed.scenario.kinds.base import KINDS, Failure, Kind, Outcome, Target
+from testbed.scenario.kinds import KINDS
+from testbed.scenario.kinds.base import Failure, Kind, Outcome, Target
 from testbed.scenario.output import fidelity, plots, report, results
 from testbed.scenario.spec import arrivals
 from testbed.scenario.spec.assertions import check
@@ -97,7 +98,7 @@ def _meminfo(text: str) -> dict[str, int]:
 class _Sessions:
     """A kind's session per (thread, node), opened on first use, all closed at the unit's end."""
 
-    def __init__(self, kind: Kind, targets: Mapping[str, Target], timeout: float) -> None:
+    def __init__(self, kind: Kind[Any, Any], targets: Mapping[str, Target], timeout: float) -> None:
         self.kind, self.targets, self.timeout = kind, targets, timeout
         self.local = threading.local()
         self.stack = ExitStack()
@@ -122,7 +123,7 @@ class _Unit:
     mode: Mode
     workload: Workload
     rep: int
-    kind: Kind
+    kind: Kind[Any, Any]
     values: dict[str, Any]
     invoke_on: tuple[str, ...]
     sessions: _Sessions
@@ -270,7 +271,7 @@ class Runner:
                                       "workload": "", "function": step.name, "rep": 0, "seq": 0, "client": 0,
                                       "seed": self.scn.seed, "nonce": self.nonce}
 
-            def one(node: str, kind: Kind = kind, step: Step = step, values: dict[str, Any] = values) -> None:
+            def one(node: str, kind: Kind[Any, Any] = kind, step: Step = step, values: dict[str, Any] = values) -> None:
                 with kind.session(self.targets[node], step.timeout) as session:
                     out = kind.invoke(session, step.spec, {**values, "node": node}, step.timeout)
                 raw.write({"type": "setup", "phase": phase, "step": step.name, "mode": mode.name if mode else None,

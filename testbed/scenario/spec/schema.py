@@ -55,8 +55,9 @@ from testbed.config import topology as topo_mod
 from testbed.config.topology import HostFacts, Topology
 from testbed.config.yamlfile import Document, KeyPath, Refused, dotted, from_mapping, load_document, load_value
 from testbed.errors import ConfigError, UserError
-from testbed.scenario.kinds.base import KINDS, placeholders
+from testbed.scenario.kinds import KINDS
 from testbed.scenario.kinds.base import NAME_RE as PARAM_RE
+from testbed.scenario.kinds.base import placeholders
 from testbed.scenario.spec import arrivals, assertions
 
 SCENARIO_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}\Z")  # \Z: $ would allow a trailing newline
