@@ -25,7 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, NoReturn, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, NoReturn, Protocol, TypeVar, cast
 
 from testbed.access.agent import AgentError
 from testbed.access.node import Node, Result
@@ -241,8 +241,8 @@ class Kind(ABC, Generic[SpecT, SessionT]):
         return iter(())
 
     def session(self, target: Target, timeout: float) -> AbstractContextManager[SessionT]:
-        node: Any = target.node  # a kind whose session is not the Node overrides this
-        return nullcontext(node)
+        # The default session is the node itself; a kind whose session is not a Node overrides this.
+        return nullcontext(cast(SessionT, target.node))
 
     def check(self, spec: SpecT, values: Mapping[str, object]) -> Iterator[tuple[KeyPath, str]]:
         """(key path relative to the workload, message) for every value that cannot work; values

@@ -199,17 +199,32 @@ def summarize(records: Sequence[dict[str, Any]], modes: Sequence[str], workloads
         out["modes"][mode] = entry
     invs = [r for r in records if r.get("type") == "invocation"]
 
-    def med(key: str) -> float | None:
-        return stats.median_or_none([float(r["metrics"][key]) for r in invs
-                                     if isinstance((r.get("metrics") or {}).get(key), int | float)])
+    def values(*keys: str) -> list[float]:
+        """Per invocation, the first of keys its metrics hold as a number."""
+        out = []
+        for r in invs:
+            m = r.get("metrics") or {}
+            v = next((m[k] for k in keys if isinstance(m.get(k), int | float) and not isinstance(m.get(k), bool)), None)
+            if v is not None:
+                out.append(float(v))
+        return out
+
+    def med(*keys: str) -> float | None:
+        return stats.median_or_none(values(*keys))
+
+    def p99(*keys: str) -> float | None:
+        return stats.percentile(v, 99) if (v := values(*keys)) else None
 
     out["executor"] = {
         "invocations": len(invs),
         "dispatch_ms_median": med("dispatch_ms"),  # host-side executor time, outside the remote call
-        "transport_ms_median": med("transport_ms"),  # remote call minus the node-measured function time
+        # the remote call minus the node's own time (the agent's op time, else the timer's)
+        "transport_ms_median": med("transport_ms"),
         "lateness_ms_median": med("lateness_ms"),  # open loop: start minus scheduled time
-        "lateness_ms_p99": (stats.percentile(v, 99) if (v := [float(r["metrics"]["lateness_ms"]) for r in invs
-                            if isinstance((r.get("metrics") or {}).get("lateness_ms"), int | float)]) else None),
+        "lateness_ms_p99": p99("lateness_ms"),
+        "transport_ms_p99": p99("transport_ms"),
+        "latency_ms_median": med("latency_ms"),  # the remote call's wall time seen from the host
+        "node_ms_median": med("guest_ms", "function_ms"),  # the node's own time, where measured
     }
     rounded: dict[str, Any] = _round(out)
     return rounded

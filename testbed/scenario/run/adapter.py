@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any, Protocol
 
 from testbed.access.node import Node
-from testbed.config.topology import Topology
+from testbed.config.topology import HostFacts, Topology
 from testbed.lifecycle import names
 from testbed.lifecycle.state import NodeState, State
 from testbed.scenario.kinds.base import Agent
@@ -29,13 +29,13 @@ class Ops(Protocol):
     @property
     def down(self) -> Callable[[str], object]: ...
     @property
-    def guest(self) -> Callable[[str, Any], AbstractContextManager[Guest]]: ...  # (node name, endpoint)
+    def guest(self) -> Callable[[str, object], AbstractContextManager[Guest]]: ...  # (node name, endpoint)
     @property
-    def endpoint(self) -> Callable[[names.Layout, NodeState], Any]: ...
+    def endpoint(self) -> Callable[[names.Layout, NodeState], object]: ...  # an endpoint, passed to guest
     @property
-    def host_facts(self) -> Callable[[], Any]: ...
+    def host_facts(self) -> Callable[[], HostFacts]: ...
     @property
-    def agent_session(self) -> Callable[[Any, float], AbstractContextManager[Agent]]: ...  # (node, timeout)
+    def agent_session(self) -> Callable[[Node, float], AbstractContextManager[Agent]]: ...  # (node, timeout)
     @property
     def cxl_paths(self) -> Callable[[State], list[dict[str, Any]]]: ...
 

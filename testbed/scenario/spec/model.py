@@ -133,7 +133,7 @@ class Placement:
 class Step:
     name: str
     kind: str
-    spec: Any
+    spec: Any  # the kind's spec_type (a Kind[SpecT] parses it; varies with the kind)
     on: tuple[str, ...]
     timeout: float
 
@@ -143,7 +143,7 @@ class Workload:
     name: str  # with the sweep values: matmul[instances=2]
     base: str  # as written: matmul
     kind: str
-    spec: Any
+    spec: Any  # the kind's spec_type (a Kind[SpecT] parses it; varies with the kind)
     arrival: Arrival
     placement: Placement | None
     params: dict[str, Scalar]  # the workload's own, then the sweep values
