@@ -116,8 +116,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], failures: Sequence[d
     out.append("dispatch: host-side time per invocation outside the remote call; transport: the remote call's "
                "wall time minus the time the node measured itself (the agent's own time for the op when its "
                "reply carries it, else the timer around the function): SSH, process start, the agent's "
-               "framing; host latency: the remote call's wall time seen from the host (latency_ms); node: "
-               "the node's own time.\n")
+               "framing; host latency: the remote call's wall time seen from the host (latency_ms) and node: "
+               "the node's own time, both over the invocations with a transport figure.\n")
     if summary.get("assertions"):
         out.append("## Assertions\n")
         out.append(_md_table(("assertion", "result", "detail"),

@@ -199,18 +199,24 @@ def summarize(records: Sequence[dict[str, Any]], modes: Sequence[str], workloads
         out["modes"][mode] = entry
     invs = [r for r in records if r.get("type") == "invocation"]
 
-    def values(*keys: str) -> list[float]:
-        """Per invocation, the first of keys its metrics hold as a number."""
+    def number(m: dict[str, Any], key: str) -> bool:
+        return isinstance(m.get(key), int | float) and not isinstance(m.get(key), bool)
+
+    def values(*keys: str, timed: bool = False) -> list[float]:
+        """Per invocation, the first of keys its metrics hold as a number; timed: only the
+        invocations the node timed itself (those with a transport figure)."""
         out = []
         for r in invs:
             m = r.get("metrics") or {}
-            v = next((m[k] for k in keys if isinstance(m.get(k), int | float) and not isinstance(m.get(k), bool)), None)
+            if timed and not number(m, "transport_ms"):
+                continue
+            v = next((m[k] for k in keys if number(m, k)), None)
             if v is not None:
                 out.append(float(v))
         return out
 
-    def med(*keys: str) -> float | None:
-        return stats.median_or_none(values(*keys))
+    def med(*keys: str, timed: bool = False) -> float | None:
+        return stats.median_or_none(values(*keys, timed=timed))
 
     def p99(*keys: str) -> float | None:
         return stats.percentile(v, 99) if (v := values(*keys)) else None
@@ -223,8 +229,9 @@ def summarize(records: Sequence[dict[str, Any]], modes: Sequence[str], workloads
         "lateness_ms_median": med("lateness_ms"),  # open loop: start minus scheduled time
         "lateness_ms_p99": p99("lateness_ms"),
         "transport_ms_p99": p99("transport_ms"),
-        "latency_ms_median": med("latency_ms"),  # the remote call's wall time seen from the host
-        "node_ms_median": med("guest_ms", "function_ms"),  # the node's own time, where measured
+        # Over the invocations with a transport figure, so the three describe the same calls:
+        "latency_ms_median": med("latency_ms", timed=True),  # the remote call's wall time seen from the host
+        "node_ms_median": med("guest_ms", "function_ms", timed=True),  # the node's own time
     }
     rounded: dict[str, Any] = _round(out)
     return rounded
