@@ -1,14 +1,13 @@
 """The scenario engine: YAML experiments run across a testbed's nodes, with results, reports
 and plots.
 
-    schema      scenario YAML -> frozen dataclasses (errors name file, line, field); --set
-    assertions  the expression language of `assertions:` (parsed, never eval'd)
-    arrivals    arrival patterns as pure, seeded functions (fixed, closed loop, Poisson, trace)
-    kinds       workload kinds (exec, agent) in a registry; later kinds plug in here
-    executor    `testbed run`: up, set-up, units in parallel, failures, resume, down
-    stats       percentile (linear interpolation) and summary statistics
-    results     the results folder: raw.jsonl, summary.json, meta.json, failures.json
-    report      report.md, `testbed report`, `testbed compare`
-    plots       latency CDF, memory against instances, startup breakdown (PNG)
-    commands    the CLI verbs
+    spec/     scenario YAML -> frozen dataclasses (errors name file, line, field): schema (load,
+              parse), model (the dataclasses), fields, items, overrides (--set); assertions (the
+              expression language, parsed, never eval'd); arrivals (pure, seeded patterns)
+    kinds/    workload kinds in a registry (kinds/__init__.py): exec, agent, restore, sandbox;
+              base.py is what every kind shares
+    run/      `testbed run`: executor (the run), seam (what it needs from the world), adapter
+              (that seam over today's functions), scheduler, sessions, sampler, bars
+    output/   the results folder (results, folder, summary), report.md, plots, stats, fidelity
+The CLI verbs are in testbed.ui.scenario_commands.
 """

@@ -50,14 +50,16 @@ def escape(text: str) -> str:
 
 def cmd_run(args: argparse.Namespace, ops: Any) -> int:
     from testbed.scenario.output import report
-    from testbed.scenario.run.executor import Backend, Options, run
+    from testbed.scenario.run import adapter
+    from testbed.scenario.run.executor import Options, run
     from testbed.scenario.spec import schema
+    from testbed.ui.cli import PhaseProgress
 
     scn = schema.load(args.scenario, args.overrides)
     if args.resume is not None and args.out is not None and args.out.resolve() != args.resume.resolve():
         raise UserError("--out and --resume name different folders; --resume DIR continues the run in DIR")
     out = args.resume or args.out or Path("results") / f"{scn.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    outcome = run(scn, Options(out, args.keep, args.resume is not None, tuple(args.overrides)), Backend.from_ops(ops))
+    outcome = run(scn, Options(out, args.keep, args.resume is not None, tuple(args.overrides)), adapter.backend(ops, PhaseProgress))
     con = _console()
     for table in report.tables(outcome.summary):
         con.print(table)

@@ -179,7 +179,7 @@ def test_null_key_in_free_form_mapping_is_refused(tmp_path: Path) -> None:
 def test_string_keys_check_of_built_documents() -> None:
     # Documents are also built from Python data (inline topologies, tests): checked there too.
     from testbed.config.yamlfile import Document
-    from testbed.scenario.kinds.base import KINDS
+    from testbed.scenario.kinds import KINDS
 
     doc = Document("x.yaml", {}, {})
     with pytest.raises(ConfigError, match="a key must be a string"):

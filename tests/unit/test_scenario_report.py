@@ -96,3 +96,14 @@ def test_compare_and_report_verbs(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert cli.main(["report", str(old)], ops=ops) == 0
     text = capsys.readouterr().out
     assert "w[k=1] (ms)" in text and "latency_ms" in text and "executor overhead" in text
+
+
+def test_executor_table_shows_transport_p99_host_latency_and_node_time() -> None:
+    s = copy.deepcopy(BASE)
+    s["executor"].update(transport_ms_p99=120.25, latency_ms_median=95.5, node_ms_median=15.0)
+    md = report.markdown(s, {"scenario": {"name": "s"}}, [], [])
+    assert ("| invocations | dispatch median (ms) | transport median (ms) | lateness median (ms) | lateness P99 (ms) "
+            "| transport P99 (ms) | host latency median (ms) | node median (ms) |") in md
+    assert "| 9 | 0.125 | 80.500 | 1.000 | 3.000 | 120.250 | 95.500 | 15.000 |" in md
+    table = report.tables(s)[-2]  # the executor's, before the assertions
+    assert [c.header for c in table.columns][-3:] == ["transport P99", "host latency median", "node median"]

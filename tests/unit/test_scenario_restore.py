@@ -16,8 +16,8 @@ import pytest
 
 from testbed.access.agent import AgentError
 from testbed.access.node import Result
+from testbed.scenario.kinds import KINDS
 from testbed.scenario.kinds import restore as restore_kinds
-from testbed.scenario.kinds.base import KINDS
 from testbed.scenario.kinds.restore import RestoreAction, RestoreKind, SandboxKind
 from testbed.scenario.output import plots
 from testbed.scenario.spec import arrivals, schema

@@ -109,3 +109,15 @@ def test_read_raw_rejects_garbage_inside(tmp_path: Path) -> None:
     path.write_text('{"type": "unit"}\nnot json\n{"type": "unit"}\n')
     with pytest.raises(Exception, match=":2: not a JSON line"):
         results.read_raw(path)
+
+
+def test_executor_overhead_p99_and_the_nodes_own_time() -> None:
+    records = [*(inv("a", "w", 100.0 + x, transport_ms=float(x), guest_ms=100.0) for x in range(1, 101)),
+               inv("a", "w", 50.0, transport_ms=10.0, function_ms=40.0),  # an exec invocation: the timer's time
+               inv("a", "w", 60.0, guest_ms=True)]  # not a number, and no transport figure: left out
+    ex = results.summarize(records, ["a"], ["w"], ["latency_ms"])["executor"]
+    assert ex["transport_ms_p99"] == pytest.approx(99.0)
+    assert ex["transport_ms_median"] == 50.0
+    assert ex["node_ms_median"] == 100.0  # 100 x guest_ms 100 and one function_ms 40
+    assert ex["latency_ms_median"] == 150.0  # 50, 101..200: the invocations with a transport figure
+    assert results.summarize([], ["a"], ["w"], ["latency_ms"])["executor"]["transport_ms_p99"] is None

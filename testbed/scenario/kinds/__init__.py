@@ -1,0 +1,20 @@
+"""Workload kinds: what one invocation (or one set-up step) does on a node.
+
+The registry: every kind module is imported here and KINDS lists its kind by name.
+  exec      an argv through the Node interface (kinds.exec)
+  agent     a JSON-lines request to `tbagent serve` (kinds.agent)
+  restore   function snapshots in the CXL store (kinds.restore)
+  sandbox   the sandbox pool (kinds.restore)
+What a kind is and what every kind shares: kinds.base.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from testbed.scenario.kinds.agent import AgentKind
+from testbed.scenario.kinds.base import Kind
+from testbed.scenario.kinds.exec import ExecKind
+from testbed.scenario.kinds.restore import RestoreKind, SandboxKind
+
+KINDS: dict[str, Kind[Any, Any]] = {k.name: k for k in (ExecKind(), AgentKind(), RestoreKind(), SandboxKind())}

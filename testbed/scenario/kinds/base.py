@@ -1,23 +1,18 @@
-"""Workload kinds: what one invocation (or one set-up step) does on a node.
+"""What every workload kind shares: the Kind base class, its Target and Outcome, placeholders,
+the timer around an argv, and the one mapping of agent/node errors.
 
-A kind is registered by name in KINDS and declares
+A kind (a module of this package, listed in the registry `testbed.scenario.kinds.KINDS`) declares
   - `spec_type`: a frozen dataclass of its own YAML keys (parsed strictly, errors name file,
     line and field), next to the keys every workload has (name, kind, arrival, placement, ...);
   - `templates(spec)`: the strings that may hold ${placeholders}, so they are checked up front;
   - `session(target, timeout)`: what one client holds for the life of a unit (the node itself,
-    or an agent session over the node's SSH connection);
+    or an agent session);
   - `prepare(...)`: optional work once per unit on the placement's `create_on` node;
   - `invoke(...)`: one invocation, returning an Outcome (remote wall time, time measured on the
     node when the kind can, exit code, the result object, error);
   - `check(spec, values)`: optional, the problems of the values the placeholders take in a
     (mode, workload) or a set-up step, found before anything runs (e.g. ${restore} = critu).
 A kind raises Failure when the node or the agent itself fails: the run then stops cleanly.
-
-Kinds here: `exec` (an argv through the Node interface) and `agent` (a JSON-lines request to
-`tbagent serve`). testbed.scenario.kinds.restore registers `restore` (function snapshots in the
-CXL store: take one on create_on, restore it in a mode given by a parameter such as ${restore} =
-cold | criu | lazy | template, count identical pages) and `sandbox` (the sandbox pool:
-repurposed against fresh crun sandboxes, pool sizing as a set-up step).
 """
 
 from __future__ import annotations
@@ -28,14 +23,14 @@ import shlex
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Generic, NoReturn, Protocol, TypeVar, cast
 
-from testbed.access.node import Node
-from testbed.config.yamlfile import Document, KeyPath, from_mapping, string_keys
-from testbed.errors import NodeError
+from testbed.access.agent import AgentError
+from testbed.access.node import Node, Result
+from testbed.config.yamlfile import Document, KeyPath, from_mapping
+from testbed.errors import NodeError, NodeTimeout
 
 PLACEHOLDER_RE = re.compile(r"\$(?:\$|\{([^}]*)\})")
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")  # \Z: $ would allow a trailing newline
@@ -44,16 +39,19 @@ NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")  # \Z: $ would allow a traili
 TIMER = 's=$(date +%s%N); "$@"; rc=$?; e=$(date +%s%N); printf "\\n@@cxltb-timer %s %s\\n" "$s" "$e" >&2; exit $rc'
 _TIMER_RE = re.compile(r"\n?@@cxltb-timer (\d+) (\d+)\n?$")
 
+SpecT = TypeVar("SpecT")
+SessionT = TypeVar("SessionT")
+
 
 class Failure(NodeError):
     """The node or the agent failed (unreachable, timed out, session lost): the run stops."""
 
 
 class Agent(Protocol):
-    def request(self, op: str, **args: Any) -> Any: ...
+    def request(self, op: str, **args: Any) -> Any: ...  # JSON in, JSON out
 
 
-@dataclass
+@dataclass(frozen=True)
 class Target:
     """A node as the kinds see it: the Node interface plus a way to open agent sessions."""
 
@@ -71,9 +69,10 @@ class Outcome:
     remote_ms: float  # wall time of the remote call seen from the host: the invocation's latency
     function_ms: float | None = None  # time measured on the node around the function itself
     exit_code: int | None = None
-    result: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None  # the JSON object the function or the agent answered
     error: str | None = None
     output: str | None = None  # tail of the output when it failed
+    guest_ms: float | None = None  # the agent's own time for the whole op, when its reply carries it
 
 
 # --- placeholders ---------------------------------------------------------------------------
@@ -90,7 +89,7 @@ def substitute(text: str, values: Mapping[str, object]) -> str:
     return PLACEHOLDER_RE.sub(one, text)
 
 
-def substitute_value(value: Any, values: Mapping[str, object]) -> Any:
+def substitute_value(value: object, values: Mapping[str, object]) -> Any:  # JSON-like data in and out
     """Substitute inside JSON-like data; a string that is exactly ${name} takes the value's type."""
     if isinstance(value, str):
         m = PLACEHOLDER_RE.fullmatch(value)
@@ -104,72 +103,22 @@ def substitute_value(value: Any, values: Mapping[str, object]) -> Any:
     return value
 
 
-def _strings(value: Any, kp: KeyPath) -> Iterator[tuple[KeyPath, str]]:
+def template_strings(value: object, kp: KeyPath) -> Iterator[tuple[KeyPath, str]]:
+    """(key path, string) for every string inside JSON-like data, for `Kind.templates`."""
     if isinstance(value, str):
         yield kp, value
     elif isinstance(value, list | tuple):
         for i, v in enumerate(value):
-            yield from _strings(v, (*kp, i))
+            yield from template_strings(v, (*kp, i))
     elif isinstance(value, dict):
         for k, v in value.items():
-            yield from _strings(v, (*kp, str(k)))
+            yield from template_strings(v, (*kp, str(k)))
 
 
-# --- the registry -----------------------------------------------------------------------------
-
-class Kind(ABC):
-    name: ClassVar[str]
-    spec_type: ClassVar[type[Any]]
-
-    def parse(self, doc: Document, kp: KeyPath, raw: dict[str, Any]) -> Any:
-        return from_mapping(doc, self.spec_type, raw, kp)
-
-    def templates(self, spec: Any) -> Iterator[tuple[KeyPath, str]]:
-        """(key path relative to the workload, string) for every string with placeholders."""
-        return iter(())
-
-    def session(self, target: Target, timeout: float) -> AbstractContextManager[Any]:
-        return nullcontext(target.node)
-
-    def check(self, spec: Any, values: Mapping[str, object]) -> Iterator[tuple[KeyPath, str]]:
-        """(key path relative to the workload, message) for every value that cannot work; values
-        holds the parameters known before the run (not the per-invocation built-ins)."""
-        return iter(())
-
-    def has_prepare(self, spec: Any) -> bool:
-        return False
-
-    def prepare(self, session: Any, spec: Any, values: Mapping[str, object], timeout: float) -> Outcome:
-        raise NotImplementedError(f"kind {self.name} has no prepare step")
-
-    @abstractmethod
-    def invoke(self, session: Any, spec: Any, values: Mapping[str, object], timeout: float) -> Outcome: ...
-
-
-KINDS: dict[str, Kind] = {}
-
-
-def register(kind: Kind) -> Kind:
-    KINDS[kind.name] = kind
-    return kind
-
-
-# --- exec -----------------------------------------------------------------------------------
-
-class ResultFormat(StrEnum):
-    AUTO = "auto"  # the last stdout line, if it is a JSON object
-    JSON = "json"  # the last stdout line must be a JSON object, else the invocation failed
-    NONE = "none"
-
-
-@dataclass(frozen=True)
-class ExecSpec:
-    argv: tuple[str, ...]
-    prepare: tuple[str, ...] | None = None  # once per unit on the create_on node
-    result: ResultFormat = ResultFormat.AUTO
-
+# --- output ---------------------------------------------------------------------------------
 
 def parse_result(stdout: str) -> dict[str, Any] | None:
+    """The JSON object on stdout's last non-empty line, if there is one."""
     lines = [ln for ln in stdout.strip().splitlines() if ln.strip()]
     if not lines or not lines[-1].lstrip().startswith("{"):
         return None
@@ -180,29 +129,63 @@ def parse_result(stdout: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _short(text: str, n: int) -> str:
+def short(text: str, n: int) -> str:
+    """text on one line, at most n characters."""
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-def _tail(text: str, n: int = 5) -> str:
+def tail(text: str, n: int = 5) -> str:
+    """The last n lines of text (what a failed invocation records of its output)."""
     return "\n".join(text.strip().splitlines()[-n:])
 
 
-def run_argv(node: Node, argv: list[str], timeout: float) -> tuple[Any, float, float | None, str]:
+# --- errors ---------------------------------------------------------------------------------
+
+def node_failure(exc: BaseException, what: str) -> NoReturn:
+    """Raise the Failure for a node or session error (the run stops); other exceptions go on."""
+    if isinstance(exc, NodeTimeout):
+        raise Failure(f"{what}: {exc}") from exc
+    if isinstance(exc, NodeError):  # the node's own message names the node
+        raise Failure(str(exc)) from exc
+    if isinstance(exc, TimeoutError | OSError | EOFError | ValueError):  # socket timeout, closed channel, garbage
+        raise Failure(f"{what}: {exc or type(exc).__name__}") from exc
+    raise exc
+
+
+def refused(exc: BaseException, what: str, ms: float) -> Outcome:
+    """The one mapping of an error from an agent call: the agent answered an error (the
+    invocation failed, the run goes on) -> a failed Outcome; the node or the session failed ->
+    Failure (the run stops); anything else is a bug and propagates."""
+    if isinstance(exc, AgentError):
+        return Outcome(False, ms, error=str(exc))
+    node_failure(exc, what)
+
+
+def call_agent(agent: Agent, op: str, args: Mapping[str, object]) -> tuple[Outcome | None, Any, float]:
+    """One agent request: (None, reply, ms), or (the failed Outcome, None, ms) when the agent
+    answered an error; Failure when the node or session fails."""
+    t0 = time.perf_counter()
+    try:
+        reply = agent.request(op, **args)
+    except Exception as exc:
+        ms = (time.perf_counter() - t0) * 1e3
+        return refused(exc, f"agent {op}", ms), None, ms
+    return None, reply, (time.perf_counter() - t0) * 1e3
+
+
+def run_argv(node: Node, argv: list[str], timeout: float) -> tuple[Result, float, float | None, str]:
     """Run argv under the timer; returns (result, remote_ms, function_ms, stderr without marker)."""
     t0 = time.perf_counter()
-    what = f"{node.name}: {_short(shlex.join(argv), 80)}"
+    what = f"{node.name}: {short(shlex.join(argv), 80)}"
     try:
         r = node.run(["sh", "-c", TIMER, "sh", *argv], check=False, timeout=timeout)
+    except NodeTimeout as exc:
+        raise Failure(f"{what}: timed out after {timeout:g}s") from exc
     except NodeError as exc:  # the node's own message repeats the whole command: keep the cause
-        raise Failure(f"{what}: {_short(str(exc.__cause__ or exc), 300)}") from exc
+        raise Failure(f"{what}: {short(str(exc.__cause__ or exc), 300)}") from exc
     except (TimeoutError, OSError, EOFError) as exc:
         raise Failure(f"{what}: {exc or type(exc).__name__}") from exc
-    except Exception as exc:
-        if type(exc).__name__ == "CommandTimedOut":  # invoke's, raised by fabric
-            raise Failure(f"{what}: timed out after {timeout:g}s") from exc
-        raise
     remote_ms = (time.perf_counter() - t0) * 1e3
     m = _TIMER_RE.search(r.stderr or "")
     function_ms = (int(m.group(2)) - int(m.group(1))) / 1e6 if m else None
@@ -210,125 +193,67 @@ def run_argv(node: Node, argv: list[str], timeout: float) -> tuple[Any, float, f
     return r, remote_ms, function_ms, stderr
 
 
-class ExecKind(Kind):
-    """Run an argv on the node; the result is the JSON object on stdout's last line, if any."""
+# --- sessions -------------------------------------------------------------------------------
 
-    name = "exec"
-    spec_type = ExecSpec
-
-    def parse(self, doc: Document, kp: KeyPath, raw: dict[str, Any]) -> Any:
-        spec: ExecSpec = from_mapping(doc, ExecSpec, raw, kp)
-        if not spec.argv:
-            raise doc.error((*kp, "argv"), "needs at least the program to run")
-        if spec.prepare is not None and not spec.prepare:
-            raise doc.error((*kp, "prepare"), "needs at least the program to run (or leave prepare out)")
-        return spec
-
-    def templates(self, spec: Any) -> Iterator[tuple[KeyPath, str]]:
-        yield from _strings(list(spec.argv), ("argv",))
-        if spec.prepare:
-            yield from _strings(list(spec.prepare), ("prepare",))
-
-    def has_prepare(self, spec: Any) -> bool:
-        return spec.prepare is not None
-
-    def _run(self, node: Node, argv: tuple[str, ...], values: Mapping[str, object], timeout: float,
-             fmt: ResultFormat) -> Outcome:
-        r, remote_ms, function_ms, stderr = run_argv(node, [substitute(a, values) for a in argv], timeout)
-        result = parse_result(r.stdout) if fmt is not ResultFormat.NONE else None
-        ok = r.exit_code == 0
-        error = None if ok else f"exit code {r.exit_code}"
-        if ok and fmt is ResultFormat.JSON and result is None:
-            ok, error = False, "no JSON object on the last line of stdout"
-        return Outcome(ok, remote_ms, function_ms, r.exit_code, result, error,
-                       None if ok else _tail(stderr or r.stdout))
-
-    def prepare(self, session: Any, spec: Any, values: Mapping[str, object], timeout: float) -> Outcome:
-        return self._run(session, spec.prepare, values, timeout, ResultFormat.AUTO)
-
-    def invoke(self, session: Any, spec: Any, values: Mapping[str, object], timeout: float) -> Outcome:
-        return self._run(session, spec.argv, values, timeout, spec.result)
-
-
-# --- agent ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class AgentSpec:
-    op: str
-    args: Any = None  # a mapping of the op's arguments
-
-
-class AgentKind(Kind):
-    """One JSON-lines request to `tbagent serve`; a client keeps one agent session per unit."""
-
-    name = "agent"
-    spec_type = AgentSpec
-
-    def parse(self, doc: Document, kp: KeyPath, raw: dict[str, Any]) -> Any:
-        spec: AgentSpec = from_mapping(doc, AgentSpec, raw, kp)
-        if spec.args is not None and not isinstance(spec.args, dict):
-            raise doc.error((*kp, "args"), f"expected a mapping of the op's arguments, got {type(spec.args).__name__}")
-        string_keys(doc, (*kp, "args"), spec.args)  # sent as keyword arguments
-        if not spec.op:
-            raise doc.error((*kp, "op"), "must name an agent op (e.g. ping, info, store.list)")
-        return spec
-
-    def templates(self, spec: Any) -> Iterator[tuple[KeyPath, str]]:
-        yield ("op",), spec.op
-        yield from _strings(spec.args or {}, ("args",))
-
-    def session(self, target: Target, timeout: float) -> AbstractContextManager[Any]:
-        return _agent_session(target, timeout)
-
-    def invoke(self, session: Any, spec: Any, values: Mapping[str, object], timeout: float) -> Outcome:
-        from testbed.access.agent import AgentError
-
-        op = substitute(spec.op, values)
-        args = substitute_value(spec.args or {}, values)
-        t0 = time.perf_counter()
-        try:
-            reply = session.request(op, **args)
-        except AgentError as exc:
-            return Outcome(False, (time.perf_counter() - t0) * 1e3, error=str(exc))
-        except NodeError as exc:
-            raise Failure(str(exc)) from exc
-        except (OSError, EOFError, ValueError) as exc:  # socket timeout, closed channel, garbage
-            raise Failure(f"agent {op}: {exc or type(exc).__name__}") from exc
-        remote_ms = (time.perf_counter() - t0) * 1e3
-        return Outcome(True, remote_ms, None, None, reply if isinstance(reply, dict) else {"value": reply})
-
-
-class _agent_session(AbstractContextManager[Any]):
-    """Opens the agent lazily so a failure to start it is a Failure with the node's name."""
+class agent_session(AbstractContextManager[Agent]):
+    """An agent session on the target, checked with a ping before it is handed out (its
+    start-up is then not counted in the first invocation's latency); a failure to open it is a
+    Failure with the node's name, and whatever was opened is closed again."""
 
     def __init__(self, target: Target, timeout: float) -> None:
         self.target = target
         self.timeout = timeout
-        self.cm: AbstractContextManager[Agent] | None = None
+        self.stack = ExitStack()
 
     def __enter__(self) -> Agent:
-        try:
-            self.cm = self.target.agent(self.timeout)
-            agent = self.cm.__enter__()
-            # The agent process starts when the session opens: wait for it, so its start-up is
-            # not counted in the first invocation's latency.
-            agent.request("ping")
-            return agent
-        except NodeError as exc:
-            raise Failure(str(exc)) from exc
-        except Exception as exc:
-            raise Failure(f"{self.target.name}: cannot start the agent: {exc or type(exc).__name__}") from exc
+        with ExitStack() as opening:
+            try:
+                agent = opening.enter_context(self.target.agent(self.timeout))
+                agent.request("ping")
+            except NodeError as exc:
+                raise Failure(str(exc)) from exc
+            except Exception as exc:
+                raise Failure(f"{self.target.name}: cannot start the agent: {exc or type(exc).__name__}") from exc
+            self.stack = opening.pop_all()  # opened and answering: kept until __exit__
+        return agent
 
     def __exit__(self, *exc: object) -> None:
-        if self.cm is not None:
-            try:
-                self.cm.__exit__(None, None, None)
-            except Exception:  # noqa: S110 - the session is being dropped anyway
-                pass
+        try:
+            self.stack.close()
+        except Exception:  # noqa: S110 - the session is being dropped anyway
+            pass
 
 
-register(ExecKind())
-register(AgentKind())
+# --- the base class -------------------------------------------------------------------------
 
-# The restore and sandbox kinds register themselves (they import this module's names).
-import testbed.scenario.kinds.restore  # noqa: E402, F401
+class Kind(ABC, Generic[SpecT, SessionT]):
+    """A workload kind over its spec type and the session one client holds (a Node, an Agent)."""
+
+    name: ClassVar[str]
+    spec_type: ClassVar[type[Any]]  # SpecT (a ClassVar cannot name a type variable)
+
+    def parse(self, doc: Document, kp: KeyPath, raw: dict[str, Any]) -> SpecT:
+        spec: SpecT = from_mapping(doc, self.spec_type, raw, kp)
+        return spec
+
+    def templates(self, spec: SpecT) -> Iterator[tuple[KeyPath, str]]:
+        """(key path relative to the workload, string) for every string with placeholders."""
+        return iter(())
+
+    def session(self, target: Target, timeout: float) -> AbstractContextManager[SessionT]:
+        # The default session is the node itself; a kind whose session is not a Node overrides this.
+        return nullcontext(cast(SessionT, target.node))
+
+    def check(self, spec: SpecT, values: Mapping[str, object]) -> Iterator[tuple[KeyPath, str]]:
+        """(key path relative to the workload, message) for every value that cannot work; values
+        holds the parameters known before the run (not the per-invocation built-ins)."""
+        return iter(())
+
+    def has_prepare(self, spec: SpecT) -> bool:
+        return False
+
+    def prepare(self, session: SessionT, spec: SpecT, values: Mapping[str, object], timeout: float) -> Outcome:
+        raise NotImplementedError(f"kind {self.name} has no prepare step")
+
+    @abstractmethod
+    def invoke(self, session: SessionT, spec: SpecT, values: Mapping[str, object], timeout: float) -> Outcome: ...

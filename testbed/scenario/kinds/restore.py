@@ -1,4 +1,4 @@
-"""Workload kinds `restore` and `sandbox` (registered from testbed.scenario.kinds.base).
+"""Workload kinds `restore` and `sandbox` (listed in the registry testbed.scenario.kinds).
 
 restore: function snapshots in the shared CXL store, through the guest agent (`tbagent serve`,
 ops snap.* and store.*). What a step or invocation does is its `action`:
@@ -58,15 +58,14 @@ from testbed.scenario.kinds.base import (
     Kind,
     Outcome,
     Target,
-    _agent_session,
-    _strings,
-    _tail,
+    agent_session,
     parse_result,
     placeholders,
-    register,
     run_argv,
     substitute,
     substitute_value,
+    tail,
+    template_strings,
 )
 
 MODES = ("cold", "criu", "lazy", "template")
@@ -397,7 +396,7 @@ RESTORE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # action: 
 }
 
 
-class RestoreKind(Kind):
+class RestoreKind(Kind[Any, Any]):
     """Snapshots in the CXL store through the agent (see the module's docstring)."""
 
     name = "restore"
@@ -439,7 +438,7 @@ class RestoreKind(Kind):
             if isinstance(getattr(spec, key), str):
                 yield (key,), getattr(spec, key)
         for key in ("event", "warm", "env"):
-            yield from _strings(getattr(spec, key) or {}, (key,))
+            yield from template_strings(getattr(spec, key) or {}, (key,))
 
     def check(self, spec: Any, values: Mapping[str, object]) -> Iterator[tuple[KeyPath, str]]:
         yield from _check_fields(spec, values, ("mode", "sandbox", "function", "count"))
@@ -452,7 +451,7 @@ class RestoreKind(Kind):
             yield ("sandbox",), f"a restore into a sandbox is {' or '.join(SANDBOX_MODES)}, not {mode}"
 
     def session(self, target: Target, timeout: float) -> AbstractContextManager[Any]:
-        return _agent_session(target, timeout)
+        return agent_session(target, timeout)
 
     def has_prepare(self, spec: Any) -> bool:
         return spec.action in (RestoreAction.RUN, RestoreAction.DEDUP) and spec.function is not None
@@ -669,7 +668,7 @@ def sandbox_result(reply: dict[str, Any], sandbox: str) -> tuple[bool, str | Non
     return ok, error, res
 
 
-class SandboxKind(Kind):
+class SandboxKind(Kind[Any, Any]):
     """The node's sandbox pool over `tbagent sandbox` (see the module's docstring)."""
 
     name = "sandbox"
@@ -700,7 +699,7 @@ class SandboxKind(Kind):
             if isinstance(getattr(spec, key), str):
                 yield (key,), getattr(spec, key)
         for key in ("event", "env"):
-            yield from _strings(getattr(spec, key) or {}, (key,))
+            yield from template_strings(getattr(spec, key) or {}, (key,))
 
     def check(self, spec: Any, values: Mapping[str, object]) -> Iterator[tuple[KeyPath, str]]:
         yield from _check_fields(spec, values, ("function", "sandbox", "size"))
@@ -748,13 +747,10 @@ class SandboxKind(Kind):
         if sandbox is None:  # pool or stop: a set-up step
             ok = r.exit_code == 0
             return Outcome(ok, remote_ms, function_ms, r.exit_code, parsed, None if ok else f"exit code {r.exit_code}",
-                           None if ok else _tail(stderr or r.stdout))
+                           None if ok else tail(stderr or r.stdout))
         if parsed is None:
             return Outcome(False, remote_ms, function_ms, r.exit_code, None,
-                           f"exit code {r.exit_code}, no JSON result", _tail(stderr or r.stdout))
+                           f"exit code {r.exit_code}, no JSON result", tail(stderr or r.stdout))
         ok, error, result = sandbox_result(parsed, sandbox)
-        return Outcome(ok, remote_ms, function_ms, r.exit_code, result, error, None if ok else _tail(stderr or r.stdout))
+        return Outcome(ok, remote_ms, function_ms, r.exit_code, result, error, None if ok else tail(stderr or r.stdout))
 
-
-register(RestoreKind())
-register(SandboxKind())

@@ -12,7 +12,7 @@ from rich.table import Table
 STAT_COLUMNS = ("median", "mean", "p50", "p90", "p99", "min", "max")
 
 
-def _fmt(v: Any, digits: int = 2) -> str:
+def _fmt(v: object, digits: int = 2) -> str:
     if v is None:
         return "-"
     if isinstance(v, bool):
@@ -45,6 +45,17 @@ def metric_rows(summary: dict[str, Any], workload: str) -> list[list[str]]:
                 continue
             rows.append([mode, str(w["count"]), str(w["errors"]), metric, *(_fmt(st.get(c)) for c in STAT_COLUMNS)])
     return rows
+
+
+# The executor's overhead; the columns added later go last, so older reports read the same.
+EXECUTOR_HEADER = ("invocations", "dispatch median", "transport median", "lateness median", "lateness P99",
+                   "transport P99", "host latency median", "node median")
+EXECUTOR_KEYS = ("dispatch_ms_median", "transport_ms_median", "lateness_ms_median", "lateness_ms_p99",
+                 "transport_ms_p99", "latency_ms_median", "node_ms_median")
+
+
+def executor_row(ex: dict[str, Any]) -> list[str]:
+    return [str(ex.get("invocations", 0)), *(_fmt(ex.get(k), 3) for k in EXECUTOR_KEYS)]
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -101,13 +112,12 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], failures: Sequence[d
     out.append(_md_table(("mode", "memory (MiB)", "increase during unit (MiB)"), mem_rows))
     ex = summary.get("executor", {})
     out.append("## Executor overhead\n")
-    out.append(_md_table(("invocations", "dispatch median (ms)", "transport median (ms)", "lateness median (ms)",
-                          "lateness P99 (ms)"),
-                         [[str(ex.get("invocations", 0)), _fmt(ex.get("dispatch_ms_median"), 3),
-                           _fmt(ex.get("transport_ms_median"), 3), _fmt(ex.get("lateness_ms_median"), 3),
-                           _fmt(ex.get("lateness_ms_p99"), 3)]]))
+    out.append(_md_table([f"{c} (ms)" if c != "invocations" else c for c in EXECUTOR_HEADER], [executor_row(ex)]))
     out.append("dispatch: host-side time per invocation outside the remote call; transport: the remote call's "
-               "wall time minus the time the node measured around the function (SSH, process start).\n")
+               "wall time minus the time the node measured itself (the agent's own time for the op when its "
+               "reply carries it, else the timer around the function): SSH, process start, the agent's "
+               "framing; host latency: the remote call's wall time seen from the host (latency_ms) and node: "
+               "the node's own time, both over the invocations with a transport figure.\n")
     if summary.get("assertions"):
         out.append("## Assertions\n")
         out.append(_md_table(("assertion", "result", "detail"),
@@ -141,10 +151,9 @@ def tables(summary: dict[str, Any], title: str = "") -> list[Table]:
     out.append(mem)
     ex = summary.get("executor", {})
     t = Table(title=f"{title}executor overhead per invocation (ms)")
-    for col in ("invocations", "dispatch median", "transport median", "lateness median", "lateness P99"):
+    for col in EXECUTOR_HEADER:
         t.add_column(col, justify="right")
-    t.add_row(str(ex.get("invocations", 0)), _fmt(ex.get("dispatch_ms_median"), 3), _fmt(ex.get("transport_ms_median"), 3),
-              _fmt(ex.get("lateness_ms_median"), 3), _fmt(ex.get("lateness_ms_p99"), 3))
+    t.add_row(*executor_row(ex))
     out.append(t)
     if summary.get("assertions"):
         t = Table(title=f"{title}assertions")

@@ -199,17 +199,39 @@ def summarize(records: Sequence[dict[str, Any]], modes: Sequence[str], workloads
         out["modes"][mode] = entry
     invs = [r for r in records if r.get("type") == "invocation"]
 
-    def med(key: str) -> float | None:
-        return stats.median_or_none([float(r["metrics"][key]) for r in invs
-                                     if isinstance((r.get("metrics") or {}).get(key), int | float)])
+    def number(m: dict[str, Any], key: str) -> bool:
+        return isinstance(m.get(key), int | float) and not isinstance(m.get(key), bool)
+
+    def values(*keys: str, timed: bool = False) -> list[float]:
+        """Per invocation, the first of keys its metrics hold as a number; timed: only the
+        invocations the node timed itself (those with a transport figure)."""
+        out = []
+        for r in invs:
+            m = r.get("metrics") or {}
+            if timed and not number(m, "transport_ms"):
+                continue
+            v = next((m[k] for k in keys if number(m, k)), None)
+            if v is not None:
+                out.append(float(v))
+        return out
+
+    def med(*keys: str, timed: bool = False) -> float | None:
+        return stats.median_or_none(values(*keys, timed=timed))
+
+    def p99(*keys: str) -> float | None:
+        return stats.percentile(v, 99) if (v := values(*keys)) else None
 
     out["executor"] = {
         "invocations": len(invs),
         "dispatch_ms_median": med("dispatch_ms"),  # host-side executor time, outside the remote call
-        "transport_ms_median": med("transport_ms"),  # remote call minus the node-measured function time
+        # the remote call minus the node's own time (the agent's op time, else the timer's)
+        "transport_ms_median": med("transport_ms"),
         "lateness_ms_median": med("lateness_ms"),  # open loop: start minus scheduled time
-        "lateness_ms_p99": (stats.percentile(v, 99) if (v := [float(r["metrics"]["lateness_ms"]) for r in invs
-                            if isinstance((r.get("metrics") or {}).get("lateness_ms"), int | float)]) else None),
+        "lateness_ms_p99": p99("lateness_ms"),
+        "transport_ms_p99": p99("transport_ms"),
+        # Over the invocations with a transport figure, so the three describe the same calls:
+        "latency_ms_median": med("latency_ms", timed=True),  # the remote call's wall time seen from the host
+        "node_ms_median": med("guest_ms", "function_ms", timed=True),  # the node's own time
     }
     rounded: dict[str, Any] = _round(out)
     return rounded

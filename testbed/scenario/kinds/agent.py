@@ -1,0 +1,68 @@
+"""The `agent` kind: one JSON-lines request to `tbagent serve`; a client keeps one agent
+session per unit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from testbed.config.yamlfile import Document, KeyPath, from_mapping, string_keys
+from testbed.scenario.kinds.base import (
+    Agent,
+    Kind,
+    Outcome,
+    Target,
+    agent_session,
+    call_agent,
+    substitute,
+    substitute_value,
+    template_strings,
+)
+
+GUEST_MS = "op_ms"  # the key of a reply that carries the agent's own time for the op
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    op: str
+    args: Any = None  # a mapping of the op's arguments: JSON, sent as it is (after substitution)
+
+
+def guest_ms(reply: Mapping[str, object]) -> float | None:
+    """The agent's own time for the op, when its reply carries one (a number of milliseconds)."""
+    value = reply.get(GUEST_MS)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0 else None
+
+
+class AgentKind(Kind[AgentSpec, Agent]):
+    """One JSON-lines request to `tbagent serve`; a client keeps one agent session per unit."""
+
+    name = "agent"
+    spec_type = AgentSpec
+
+    def parse(self, doc: Document, kp: KeyPath, raw: dict[str, Any]) -> AgentSpec:
+        spec: AgentSpec = from_mapping(doc, AgentSpec, raw, kp)
+        if spec.args is not None and not isinstance(spec.args, dict):
+            raise doc.error((*kp, "args"), f"expected a mapping of the op's arguments, got {type(spec.args).__name__}")
+        string_keys(doc, (*kp, "args"), spec.args)  # sent as keyword arguments
+        if not spec.op:
+            raise doc.error((*kp, "op"), "must name an agent op (e.g. ping, info, store.list)")
+        return spec
+
+    def templates(self, spec: AgentSpec) -> Iterator[tuple[KeyPath, str]]:
+        yield ("op",), spec.op
+        yield from template_strings(spec.args or {}, ("args",))
+
+    def session(self, target: Target, timeout: float) -> AbstractContextManager[Agent]:
+        return agent_session(target, timeout)
+
+    def invoke(self, session: Agent, spec: AgentSpec, values: Mapping[str, object], timeout: float) -> Outcome:
+        op = substitute(spec.op, values)
+        args = substitute_value(spec.args or {}, values)
+        failed, reply, remote_ms = call_agent(session, op, args)
+        if failed is not None:
+            return failed
+        result = reply if isinstance(reply, dict) else {"value": reply}
+        return Outcome(True, remote_ms, None, None, result, guest_ms=guest_ms(result))
