@@ -10,6 +10,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from testbed import paths
 from testbed.config.yamlfile import Document, KeyPath, Size, convert, from_mapping, load_document
 
@@ -316,4 +318,14 @@ def load(path: Path | str, host: HostFacts | None = None, text: str | None = Non
     return dataclasses.replace(topo, text=doc.text)  # the text parsed: the file is read once
 
 
-__all__ = ["Accel", "Backing", "CxlPath", "HostFacts", "KernelKind", "Mhd", "NodeConfig", "QemuKind", "Topology", "convert", "load"]
+def renamed_topology(path: str | Path, name: str, tmp: Path) -> Path:
+    """A copy of a topology file under another testbed name (tests and benches use their own names)."""
+    data: dict[str, Any] = yaml.safe_load(Path(path).read_text())
+    data["name"] = name
+    out = tmp / f"{name}.yaml"
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+__all__ = ["Accel", "Backing", "CxlPath", "HostFacts", "KernelKind", "Mhd", "NodeConfig", "QemuKind", "Topology", "convert",
+           "load", "renamed_topology"]

@@ -1,5 +1,5 @@
 """The scenario verbs of the CLI: `testbed run`, `testbed report`, `testbed compare`.
-testbed/cli.py parses the arguments and calls these with its (fakeable) Ops. The engine is
+testbed/ui/cli.py parses the arguments and calls these with its (fakeable) Ops. The engine is
 imported when a verb runs, so building the parser stays cheap for every other verb."""
 
 from __future__ import annotations
@@ -7,13 +7,22 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from testbed.errors import UserError
+from testbed.ui.ops import Ops
+from testbed.ui.progress import PhaseProgress
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from rich.console import Console
+
+    from testbed.config.topology import Topology
+    from testbed.lifecycle.testbed import Testbed
 
 
 def _console() -> Console:
@@ -48,7 +57,21 @@ def escape(text: str) -> str:
     return rich_escape(text)
 
 
-def cmd_run(args: argparse.Namespace, ops: Any) -> int:
+def open_testbed_with(ops: Ops) -> Callable[[Topology, bool], AbstractContextManager[Testbed]]:
+    """The executor's `open_testbed(topology, keep)`: the testbed up (or attached) through ops,
+    with progress bars while it comes up; torn down on leaving if it was brought up and not kept."""
+
+    @contextmanager
+    def open_testbed(topo: Topology, keep: bool) -> Iterator[Testbed]:
+        with ExitStack() as stack:
+            with PhaseProgress(topo.name, len(topo.nodes)) as progress:
+                tb = stack.enter_context(ops.open_testbed(topo, keep, progress))
+            yield tb
+
+    return open_testbed
+
+
+def cmd_run(args: argparse.Namespace, ops: Ops) -> int:
     from testbed.scenario.output import report
     from testbed.scenario.run.executor import Backend, Options, run
     from testbed.scenario.spec import schema
@@ -70,7 +93,7 @@ def cmd_run(args: argparse.Namespace, ops: Any) -> int:
     return 0 if outcome.ok else 1
 
 
-def cmd_report(args: argparse.Namespace, ops: Any) -> int:
+def cmd_report(args: argparse.Namespace, ops: Ops) -> int:
     from testbed.scenario.output import report, results
 
     summary = results.read_json(args.dir / results.SUMMARY)
@@ -88,7 +111,7 @@ def cmd_report(args: argparse.Namespace, ops: Any) -> int:
     return 0
 
 
-def cmd_compare(args: argparse.Namespace, ops: Any) -> int:
+def cmd_compare(args: argparse.Namespace, ops: Ops) -> int:
     from testbed.scenario.output import report, results
 
     if args.threshold < 0:

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import paramiko
 import pytest
 
-from testbed.access.node import Result
+from testbed.access.node import ChannelNode, Result, SshEndpoint
 from testbed.lifecycle import state as st
 from testbed.ui import cli
 
@@ -17,9 +18,18 @@ class FakeGuest:
         self.name = name
         self.codes = codes
 
-    def run(self, argv: list[str], *, check: bool = True, timeout: float | None = None,
+    def run(self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
             stream: bool = False) -> Result:
         return Result(self.name, tuple(argv), self.codes[self.name], f"out of {self.name}\n", "", 0.0)
+
+    def put(self, local: Path, remote: str) -> None:
+        raise AssertionError("not used")
+
+    def get(self, remote: str, local: Path) -> None:
+        raise AssertionError("not used")
+
+    def open_channel(self, command: str, timeout: float) -> paramiko.Channel:
+        raise AssertionError("not used")
 
 
 def _state() -> st.State:
@@ -30,15 +40,14 @@ def _state() -> st.State:
 
 def _ops(codes: dict[str, int], calls: list[Any] | None = None) -> cli.Ops:
     @contextlib.contextmanager
-    def guest(name: str, ep: Any) -> Iterator[FakeGuest]:
+    def connect(name: str, ep: SshEndpoint) -> Iterator[ChannelNode]:
         yield FakeGuest(name, codes)
 
     def execv(path: str, argv: list[str]) -> None:
         assert calls is not None
         calls.append(argv)
 
-    return cli.Ops(known=lambda root: ["tb"], load_state=lambda layout: _state(), guest=guest,
-                   endpoint=lambda layout, ns: ns.ssh_port, execv=execv)
+    return cli.Ops(known=lambda root: ["tb"], load_state=lambda layout: _state(), connect=connect, execv=execv)
 
 
 def test_exec_all_runs_every_node_and_fails_if_one_fails(capsys: pytest.CaptureFixture[str]) -> None:
