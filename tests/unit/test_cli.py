@@ -104,3 +104,51 @@ def test_up_idempotent_message(tmp_path: Path, capsys: pytest.CaptureFixture[str
     ops = cli.Ops(host_facts=lambda: HostFacts(64 << 30, 8), up=lambda t, progress: (_state(), False))
     assert cli.main(["up", "-f", str(topo)], ops=ops) == 0
     assert "already up" in capsys.readouterr().out
+
+
+def test_exec_closes_every_connection_it_opened() -> None:
+    closed: list[str] = []
+
+    @contextlib.contextmanager
+    def connect(name: str, ep: SshEndpoint) -> Iterator[ChannelNode]:
+        try:
+            yield FakeGuest(name, {"n0": 0, "n1": 0})
+        finally:
+            closed.append(name)
+
+    ops = cli.Ops(known=lambda root: ["tb"], load_state=lambda layout: _state(), connect=connect)
+    assert cli.main(["exec", "all", "--", "true"], ops=ops) == 0
+    assert sorted(closed) == ["n0", "n1"]
+
+
+def test_up_reports_a_new_testbed_and_leaves_it_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from testbed.config.topology import HostFacts
+
+    topo = tmp_path / "t.yaml"
+    topo.write_text("name: t\nnodes: 1\n")
+    downs: list[str] = []
+    ops = cli.Ops(host_facts=lambda: HostFacts(64 << 30, 8), up=lambda t, progress: (_state(), True), down=downs.append)
+    assert cli.main(["up", "-f", str(topo)], ops=ops) == 0
+    assert "testbed t up in" in capsys.readouterr().out and downs == []
+
+
+@pytest.mark.parametrize(("created", "keep", "downs"), [(True, False, ["tb"]), (True, True, []), (False, False, [])])
+def test_the_executors_open_testbed_tears_down_only_what_it_brought_up(tmp_path: Path, created: bool, keep: bool,
+                                                                       downs: list[str]) -> None:
+    from testbed.config.topology import HostFacts, load
+    from testbed.ui.scenario_commands import open_testbed_with
+
+    f = tmp_path / "tb.yaml"
+    f.write_text("name: tb\nnodes: 2\n")
+    seen: list[str] = []
+    progress: list[str] = []
+
+    def up(topo: Any, report: Any) -> tuple[st.State, bool]:
+        report("boot", "n0 started")
+        progress.append("boot")
+        return _state(), created
+
+    ops = cli.Ops(up=up, down=seen.append)
+    with open_testbed_with(ops)(load(f, HostFacts(64 << 30, 8)), keep) as tb:
+        assert tb.name == "tb" and tb.created is created
+    assert seen == downs and progress == ["boot"]
