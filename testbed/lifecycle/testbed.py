@@ -182,16 +182,3 @@ class Testbed:
                     self._agents[name] = session
                     self._keep_open(opened)
             return self._agents[name]
-
-
-OpenTestbed = Callable[[topo_mod.Topology, bool], AbstractContextManager[Testbed]]
-
-
-def opener(*, progress: provision.Progress | None = None, up: Up | None = None, down: Down | None = None,
-           connect: Connect = connect_guest, agent: AgentFactory = agent_session) -> OpenTestbed:
-    """`open_testbed(topology, keep)` for the scenario executor, over these operations."""
-
-    def open_testbed(topology: topo_mod.Topology, keep: bool) -> AbstractContextManager[Testbed]:
-        return Testbed.up(topology, keep, progress=progress, up=up, down=down, connect=connect, agent=agent)
-
-    return open_testbed

@@ -7,22 +7,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from testbed.errors import UserError
 from testbed.ui.ops import Ops
-from testbed.ui.progress import PhaseProgress
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from rich.console import Console
 
-    from testbed.config.topology import Topology
-    from testbed.lifecycle.testbed import Testbed
 
 
 def _console() -> Console:
@@ -55,20 +48,6 @@ def escape(text: str) -> str:
     from rich.markup import escape as rich_escape
 
     return rich_escape(text)
-
-
-def open_testbed_with(ops: Ops) -> Callable[[Topology, bool], AbstractContextManager[Testbed]]:
-    """The executor's `open_testbed(topology, keep)`: the testbed up (or attached) through ops,
-    with progress bars while it comes up; torn down on leaving if it was brought up and not kept."""
-
-    @contextmanager
-    def open_testbed(topo: Topology, keep: bool) -> Iterator[Testbed]:
-        with ExitStack() as stack:
-            with PhaseProgress(topo.name, len(topo.nodes)) as progress:
-                tb = stack.enter_context(ops.open_testbed(topo, keep, progress))
-            yield tb
-
-    return open_testbed
 
 
 def cmd_run(args: argparse.Namespace, ops: Ops) -> int:

@@ -133,22 +133,21 @@ def test_up_reports_a_new_testbed_and_leaves_it_up(tmp_path: Path, capsys: pytes
 
 
 @pytest.mark.parametrize(("created", "keep", "downs"), [(True, False, ["tb"]), (True, True, []), (False, False, [])])
-def test_the_executors_open_testbed_tears_down_only_what_it_brought_up(tmp_path: Path, created: bool, keep: bool,
-                                                                       downs: list[str]) -> None:
+def test_ops_open_testbed_the_executors_seam(tmp_path: Path, created: bool, keep: bool, downs: list[str]) -> None:
+    """Ops.open_testbed(topology, keep, progress): up reports to progress; torn down on leaving
+    only if it was brought up here and not kept."""
     from testbed.config.topology import HostFacts, load
-    from testbed.ui.scenario_commands import open_testbed_with
 
     f = tmp_path / "tb.yaml"
     f.write_text("name: tb\nnodes: 2\n")
     seen: list[str] = []
-    progress: list[str] = []
+    progress: list[tuple[str, str]] = []
 
     def up(topo: Any, report: Any) -> tuple[st.State, bool]:
         report("boot", "n0 started")
-        progress.append("boot")
         return _state(), created
 
     ops = cli.Ops(up=up, down=seen.append)
-    with open_testbed_with(ops)(load(f, HostFacts(64 << 30, 8)), keep) as tb:
+    with ops.open_testbed(load(f, HostFacts(64 << 30, 8)), keep, lambda phase, msg: progress.append((phase, msg))) as tb:
         assert tb.name == "tb" and tb.created is created
-    assert seen == downs and progress == ["boot"]
+    assert seen == downs and progress == [("boot", "n0 started")]

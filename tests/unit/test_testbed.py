@@ -19,7 +19,7 @@ from testbed.config.topology import HostFacts, Topology
 from testbed.config.topology import load as load_topology
 from testbed.errors import Unreachable, UserError
 from testbed.lifecycle import state as st
-from testbed.lifecycle.testbed import Testbed, agent_session, opener
+from testbed.lifecycle.testbed import Testbed, agent_session
 
 pytestmark = pytest.mark.unit
 TOPOLOGY = "name: tb\nnodes: 2\n"
@@ -187,16 +187,6 @@ def test_attach_never_tears_down_and_reads_the_recorded_topology(topo: Topology)
 def test_attach_to_nothing_is_a_user_error() -> None:
     with pytest.raises(UserError, match="no testbed named 'gone'; see `testbed status`"):
         Testbed.attach("gone", load_state=lambda layout: None)
-
-
-def test_opener_is_the_executors_seam(topo: Topology) -> None:
-    world = World(created=True)
-    open_testbed = opener(up=world.up, down=world.down, connect=world.connect)
-    with open_testbed(topo, True) as tb:
-        assert tb.state.testbed == "tb"
-    with open_testbed(topo, False):
-        pass
-    assert world.log == ["up tb", "up tb", "down tb"]
 
 
 def test_the_agent_needs_a_guest_node() -> None:
