@@ -215,8 +215,11 @@ class Ops:
 
         return Testbed.attach(name, load_state=self.load_state, connect=self.connect, agent=self.agent)
 
-    def open_testbed(self, topo: Topology, keep: bool, progress: Progress | None = None) -> AbstractContextManager[Testbed]:
+    def open_testbed(self, topology: Topology, keep: bool,
+                     progress: Progress | None = None) -> AbstractContextManager[Testbed]:
+        """The scenario executor's seam: the testbed up (or attached) for the body; torn down on
+        leaving only if brought up here and keep is False."""
         from testbed.lifecycle.testbed import Testbed
 
-        return Testbed.up(topo, keep, progress=progress, up=self.up, down=self.down, connect=self.connect,
+        return Testbed.up(topology, keep, progress=progress, up=self.up, down=self.down, connect=self.connect,
                           agent=self.agent)
