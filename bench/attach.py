@@ -12,17 +12,15 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import subprocess
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import yaml
 
-from testbed.access import node as remote
+from testbed.access.node import HostNode
 from testbed.config.topology import host_facts, load
-from testbed.lifecycle import provision
-from testbed.lifecycle.names import Layout
+from testbed.lifecycle.testbed import Testbed
 
 REPO = Path(__file__).resolve().parents[1]
 SELFTESTS = REPO / "kernel-patches" / "selftests"
@@ -34,7 +32,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
     args = ap.parse_args()
-    subprocess.run(["make", "-s", "-C", str(SELFTESTS)], check=True)
+    HostNode().run(["make", "-s", "-C", str(SELFTESTS)], stream=True)
     mhd_mib = max(1024, -(-max(args.sizes) // 256) * 256 + 256)
     spec = {"name": "bench-attach", "kernel": "mm-template",
             "nodes": [{"name": "node0", "vcpus": 1, "memory": f"{max(args.sizes) * 2 + 1024}MiB"}],
@@ -43,18 +41,15 @@ def main() -> int:
         path = Path(tmp) / "bench-attach.yaml"
         path.write_text(yaml.safe_dump(spec))
         topo = load(path, host_facts())
-        state, _ = provision.up(topo)
-        try:
-            ns = state.nodes["node0"]
-            with remote.guest("node0", provision.endpoint(Layout(topo.name), ns)) as g:
-                g.put(SELFTESTS / "mmt_bench", "/usr/local/bin/mmt_bench")
-                g.run(["chmod", "755", "/usr/local/bin/mmt_bench"])
-                dax = g.run(["readlink", "-f", "/dev/mhd/mhd0"]).stdout.strip()
-                out = ""
-                for size in args.sizes:
-                    out += g.run(["mmt_bench", "-d", dax, "-s", str(size), "-r", str(args.reps)], timeout=3600).stdout
-        finally:
-            provision.down(topo.name)
+        with Testbed.up(topo) as tb:
+            state = tb.state
+            g = tb.node("node0")
+            g.put(SELFTESTS / "mmt_bench", "/usr/local/bin/mmt_bench")
+            g.run(["chmod", "755", "/usr/local/bin/mmt_bench"])
+            dax = g.run(["readlink", "-f", "/dev/mhd/mhd0"]).stdout.strip()
+            out = ""
+            for size in args.sizes:
+                out += g.run(["mmt_bench", "-d", dax, "-s", str(size), "-r", str(args.reps)], timeout=3600).stdout
     ready: dict[tuple[str, int], list[int]] = defaultdict(list)
     full: dict[tuple[str, int], list[int]] = defaultdict(list)
     for m in LINE.finditer(out):

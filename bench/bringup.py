@@ -12,11 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from testbed.access import node as remote
 from testbed.artifacts import image, kernel
-from testbed.config.topology import host_facts, load
-from testbed.lifecycle import names, provision
-from testbed.ui.pytest_plugin import renamed_topology
+from testbed.config.topology import host_facts, load, renamed_topology
+from testbed.lifecycle.testbed import Testbed
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = {1: "one-node.yaml", 2: "two-node.yaml", 4: "four-node.yaml"}
@@ -36,15 +34,15 @@ def main() -> int:
             ups, downs, guest = [], [], []
             for _ in range(args.runs):
                 t0 = time.monotonic()
-                state, _ = provision.up(topo)
-                ups.append(time.monotonic() - t0)
-                # The guest's own clock: kernel start to "ready" (init done, sshd up).
-                for ns in state.nodes.values():
-                    with remote.guest(ns.name, provision.endpoint(names.Layout(topo.name), ns)) as g:
-                        guest.append(float(g.run(["cat", "/run/cxltb/ready"]).stdout))
-                t1 = time.monotonic()
-                provision.down(topo.name)
-                downs.append(time.monotonic() - t1)
+                with Testbed.up(topo) as tb:
+                    ups.append(time.monotonic() - t0)
+                    if not tb.created:
+                        raise SystemExit(f"testbed {topo.name} was already up: `testbed down {topo.name}` first")
+                    # The guest's own clock: kernel start to "ready" (init done, sshd up).
+                    for node in tb.nodes:
+                        guest.append(float(node.run(["cat", "/run/cxltb/ready"]).stdout))
+                assert tb.down_seconds is not None  # created, so torn down on leaving
+                downs.append(tb.down_seconds)
             rows.append((n, ups, downs, guest))
             print(f"nodes={n} runs={args.runs} up_median_s={statistics.median(ups):.2f} "
                   f"guest_kernel_to_ready_median_s={statistics.median(guest):.2f} "

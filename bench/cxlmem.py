@@ -20,17 +20,16 @@ import argparse
 import json
 import logging
 import tempfile
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from testbed.access import node as remote
+from testbed.access.node import Node
 from testbed.config.topology import host_facts, load
 from testbed.config.yamlfile import Size
-from testbed.lifecycle import names, provision
+from testbed.lifecycle.testbed import Testbed
 
 CONFIGS = {  # name -> (qemu, path)
     "stock": ("debian", "mmio"),
@@ -60,12 +59,12 @@ class Stats:
         return cls(float(np.median(a)), float(np.percentile(a, 99)), len(xs))
 
 
-def cxlmem(node: remote.GuestNode, *args: str) -> list[dict[str, Any]]:
+def cxlmem(node: Node, *args: str) -> list[dict[str, Any]]:
     out = node.run(["cxlmem", *args], timeout=3600).stdout
     return [json.loads(ln) for ln in out.splitlines() if ln.strip()]
 
 
-def measure(node: remote.GuestNode, target: str, nbytes: int, reps: int, steps: int) -> dict[str, Stats]:
+def measure(node: Node, target: str, nbytes: int, reps: int, steps: int) -> dict[str, Stats]:
     res: dict[str, Stats] = {}
     for op, key in (("read", "mbps"), ("write", "mbps")):
         recs = cxlmem(node, op, target, str(nbytes), str(reps + 1))[1:]  # rep 0 faults the mapping in
@@ -82,11 +81,8 @@ def run_config(tmp: Path, cfg: str, args: argparse.Namespace) -> dict[str, dict[
     f = tmp / f"{name}.yaml"
     f.write_text(TOPOLOGY.format(name=name, qemu=qemu, path=path))
     topo = load(f, host_facts())
-    with ExitStack() as stack:
-        stack.callback(provision.down, topo.name)
-        state, _ = provision.up(topo)
-        node = stack.enter_context(remote.guest("node0", provision.endpoint(names.Layout(topo.name),
-                                                                            state.nodes["node0"])))
+    with Testbed.up(topo) as tb:
+        node = tb.node("node0")
         nbytes = args.bytes if path == "direct" else args.mmio_bytes
         out = {cfg: measure(node, CXL, nbytes, args.reps, CHASE_STEPS[cfg])}
         if cfg == "direct":

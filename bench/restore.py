@@ -29,9 +29,9 @@ from typing import Any
 
 import yaml
 
-from testbed.access import node as remote
+from testbed.access.node import Node
 from testbed.config.topology import host_facts, load
-from testbed.lifecycle import names, provision
+from testbed.lifecycle.testbed import Testbed
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "rstbench"
@@ -52,12 +52,12 @@ def pct(xs: list[float], p: float) -> float:
     return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
 
 
-def run_json(node: remote.GuestNode, argv: list[str]) -> list[dict[str, Any]]:
+def run_json(node: Node, argv: list[str]) -> list[dict[str, Any]]:
     r = node.run(argv, timeout=7200)
     return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
 
 
-def measure(node: remote.GuestNode, fn: str, counts: list[int]) -> dict[str, Any]:
+def measure(node: Node, fn: str, counts: list[int]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for mode in MODES:
         per: dict[str, Any] = {"startup_ms": [], "first_request_ms": [], "e2e_ms": [], "counts": {}}
@@ -84,7 +84,7 @@ def measure(node: remote.GuestNode, fn: str, counts: list[int]) -> dict[str, Any
     return out
 
 
-def measure_sandboxed(node: remote.GuestNode, fn: str, runs: int) -> dict[str, Any]:
+def measure_sandboxed(node: Node, fn: str, runs: int) -> dict[str, Any]:
     """TrEnv's full path (template restore into a repurposed sandbox) against CRIU restores into
     sandboxes made for them, one instance at a time."""
     out: dict[str, Any] = {}
@@ -148,28 +148,23 @@ def topology_file(tmp: Path, qemu: str) -> Path:
 def run_one(qemu: str, args: argparse.Namespace, counts: list[int], tmp: Path) -> dict[str, Any]:
     data: dict[str, Any] = {"heap_mib": args.heap_mib, "counts": counts, "workloads": {}}
     topo = load(topology_file(tmp, qemu), host_facts())
-    try:
-        state, _ = provision.up(topo)
-        data["qemu"] = dict(state.qemu)
-        lay = names.Layout(topo.name)
-        with remote.guest("node0", provision.endpoint(lay, state.nodes["node0"])) as n0, \
-                remote.guest("node1", provision.endpoint(lay, state.nodes["node1"])) as n1:
-            n0.run(["tbagent", "store", "format", "mhd0"])
-            for fn in args.workloads.split(","):
-                argv = ["tbagent", "snap", "take", fn, fn, "--warm", json.dumps(EVENTS[fn])]
-                if fn == "heap":
-                    argv += ["--env", f"HEAP_MIB={args.heap_mib}"]
-                data.setdefault("snapshots", {})[fn] = run_json(n0, argv)[0]
-                data["workloads"][fn] = measure(n1, fn, counts)
-                data["workloads"][fn] = json.loads(json.dumps(data["workloads"][fn]))  # int keys -> str
-                print(f"{qemu}: {fn}: done", flush=True)
-            sbx = [w for w in args.sandbox_workloads.split(",") if w]
-            if sbx:
-                n1.run(["tbagent", "sandbox", "pool", "--size", "1", "--max", "4"])
-                data["sandboxed"] = {fn: measure_sandboxed(n1, fn, args.sandbox_runs) for fn in sbx}
-                n1.run(["tbagent", "sandbox", "stop"])
-    finally:
-        provision.down(topo.name)
+    with Testbed.up(topo) as tb:
+        data["qemu"] = dict(tb.state.qemu)
+        n0, n1 = tb.node("node0"), tb.node("node1")
+        n0.run(["tbagent", "store", "format", "mhd0"])
+        for fn in args.workloads.split(","):
+            argv = ["tbagent", "snap", "take", fn, fn, "--warm", json.dumps(EVENTS[fn])]
+            if fn == "heap":
+                argv += ["--env", f"HEAP_MIB={args.heap_mib}"]
+            data.setdefault("snapshots", {})[fn] = run_json(n0, argv)[0]
+            data["workloads"][fn] = measure(n1, fn, counts)
+            data["workloads"][fn] = json.loads(json.dumps(data["workloads"][fn]))  # int keys -> str
+            print(f"{qemu}: {fn}: done", flush=True)
+        sbx = [w for w in args.sandbox_workloads.split(",") if w]
+        if sbx:
+            n1.run(["tbagent", "sandbox", "pool", "--size", "1", "--max", "4"])
+            data["sandboxed"] = {fn: measure_sandboxed(n1, fn, args.sandbox_runs) for fn in sbx}
+            n1.run(["tbagent", "sandbox", "stop"])
     return data
 
 

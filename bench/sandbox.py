@@ -18,10 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from testbed.access import node as remote
-from testbed.config.topology import host_facts, load
-from testbed.lifecycle import names, provision
-from testbed.ui.pytest_plugin import renamed_topology
+from testbed.config.topology import host_facts, load, renamed_topology
+from testbed.lifecycle.testbed import Testbed
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "sbxbench"
@@ -98,15 +96,11 @@ def main() -> int:
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # SSH attempts while the node boots
     with tempfile.TemporaryDirectory() as tmp:
         topo = load(renamed_topology(REPO / "testbeds" / "one-node.yaml", NAME, Path(tmp)), host_facts())
-        try:
-            state, _ = provision.up(topo)
-            ep = provision.endpoint(names.Layout(topo.name), state.nodes["node0"])
-            with remote.guest("node0", ep) as node:
-                r = node.run(["tbagent", "sandbox", "bench", "--function", args.function, "--runs", str(args.runs),
-                              "--oci-runs", str(args.oci_runs), "--variant-runs", str(args.variant_runs),
-                              "--memory-sandboxes", str(args.memory_sandboxes)], timeout=3600)
-        finally:
-            provision.down(topo.name)
+        with Testbed.up(topo) as tb:
+            r = tb.node("node0").run(["tbagent", "sandbox", "bench", "--function", args.function, "--runs",
+                                      str(args.runs), "--oci-runs", str(args.oci_runs), "--variant-runs",
+                                      str(args.variant_runs), "--memory-sandboxes", str(args.memory_sandboxes)],
+                                     timeout=3600)
     data = json.loads(r.stdout)
     if args.json:
         args.json.write_text(json.dumps(data, indent=1))

@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
+from testbed.config.topology import renamed_topology
 from testbed.ui import cli
-from testbed.ui.pytest_plugin import renamed_topology
 
 REPO = Path(__file__).resolve().parents[1]
 

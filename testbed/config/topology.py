@@ -10,6 +10,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from testbed import paths
 from testbed.config.yamlfile import Document, KeyPath, Size, convert, from_mapping, load_document
 
@@ -121,7 +123,7 @@ class Mhd:
 
 
 @dataclass(frozen=True)
-class Node:
+class NodeConfig:
     name: str
     index: int
     vcpus: int
@@ -133,7 +135,7 @@ class Node:
 class Topology:
     name: str
     source: str
-    nodes: tuple[Node, ...]
+    nodes: tuple[NodeConfig, ...]
     mhds: tuple[Mhd, ...]
     image: str
     kernel: KernelKind
@@ -142,7 +144,7 @@ class Topology:
     qemu: QemuKind = QemuKind.PATCHED
     text: str = field(default="", repr=False, compare=False)
 
-    def node(self, name: str) -> Node:
+    def node(self, name: str) -> NodeConfig:
         for n in self.nodes:
             if n.name == name:
                 return n
@@ -233,7 +235,7 @@ def parse(doc: Document, host: HostFacts | None = None) -> Topology:
         raise doc.error(("image",), f"unknown image {raw.image!r}: no images/{raw.image}/packages.txt")
     net = _subnet(doc, raw.network.subnet)
 
-    nodes: list[Node] = []
+    nodes: list[NodeConfig] = []
     seen: dict[str, KeyPath] = {}
     for i, (spec, kp) in enumerate(_nodes(doc, doc.data.get("nodes"))):
         name_kp = (*kp, "name") if isinstance(kp[-1], int) else kp
@@ -249,7 +251,7 @@ def parse(doc: Document, host: HostFacts | None = None) -> Topology:
         # Addresses by arithmetic: materialising net.hosts() of a /8 takes seconds and GiBs.
         if FIRST_HOST + i >= net.num_addresses - 1:  # the last address is the broadcast
             raise doc.error(("network", "subnet"), f"too small for {i + 1} nodes")
-        nodes.append(Node(spec.name, i, spec.vcpus, int(spec.memory), f"{net.network_address + FIRST_HOST + i}/{net.prefixlen}"))
+        nodes.append(NodeConfig(spec.name, i, spec.vcpus, int(spec.memory), f"{net.network_address + FIRST_HOST + i}/{net.prefixlen}"))
 
     mhds: list[Mhd] = []
     mhd_names: set[str] = set()
@@ -316,4 +318,14 @@ def load(path: Path | str, host: HostFacts | None = None, text: str | None = Non
     return dataclasses.replace(topo, text=doc.text)  # the text parsed: the file is read once
 
 
-__all__ = ["Accel", "Backing", "CxlPath", "HostFacts", "KernelKind", "Mhd", "Node", "QemuKind", "Topology", "convert", "load"]
+def renamed_topology(path: str | Path, name: str, tmp: Path) -> Path:
+    """A copy of a topology file under another testbed name (tests and benches use their own names)."""
+    data: dict[str, Any] = yaml.safe_load(Path(path).read_text())
+    data["name"] = name
+    out = tmp / f"{name}.yaml"
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+__all__ = ["Accel", "Backing", "CxlPath", "HostFacts", "KernelKind", "Mhd", "NodeConfig", "QemuKind", "Topology", "convert",
+           "load", "renamed_topology"]

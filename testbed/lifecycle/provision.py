@@ -31,7 +31,7 @@ Progress = Callable[[str, str], None]  # (task, message)
 BOOT_TIMEOUT = float(os.environ.get("CXLTB_BOOT_TIMEOUT", "240"))
 
 
-def _noprogress(task: str, message: str) -> None:
+def noprogress(task: str, message: str) -> None:
     log.info("%s: %s", task, message)
 
 
@@ -287,7 +287,7 @@ def _same_running(conn: libvirt.virConnect, state: st.State, topo: Topology) -> 
     return True
 
 
-def up(topo: Topology, progress: Progress = _noprogress) -> tuple[st.State, bool]:
+def up(topo: Topology, progress: Progress = noprogress) -> tuple[st.State, bool]:
     """Bring the testbed up. Returns (state, created); created is False if it was already up.
 
     Holds the testbed's lock throughout: the sweep of leftovers below must never see the

@@ -8,7 +8,7 @@ from pathlib import Path
 import jinja2
 
 from testbed.artifacts.kernel import Kernel
-from testbed.config.topology import Accel, CxlPath, Node, QemuKind, Topology
+from testbed.config.topology import Accel, CxlPath, NodeConfig, QemuKind, Topology
 from testbed.lifecycle import names
 
 CMDLINE = "console=ttyS0 loglevel=4 panic=-1 mitigations=off"
@@ -43,7 +43,7 @@ def device_id(k: int) -> str:
     return f"cxltb-vmem{k}"
 
 
-def qemu_args(topo: Topology, node: Node, ssh_port: int, layout: names.Layout) -> list[str]:
+def qemu_args(topo: Topology, node: NodeConfig, ssh_port: int, layout: names.Layout) -> list[str]:
     args = ["-machine", "cxl=on"]
     args += ["-netdev", f"user,id=tbctl,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"]
     args += ["-device", f"virtio-net-pci,netdev=tbctl,mac={names.mac(topo.name, node.name, 'ctl')},"
@@ -68,7 +68,7 @@ def qemu_args(topo: Topology, node: Node, ssh_port: int, layout: names.Layout) -
     return args
 
 
-def node_env(topo: Topology, node: Node) -> str:
+def node_env(topo: Topology, node: NodeConfig) -> str:
     """The node's configuration, sourced by the guest's init; every value is validated."""
     hosts = ";".join(f"{n.address.split('/')[0]} {n.name}" for n in topo.nodes)
     mhds = " ".join(f"{names.serial(m.index, m.heads.index(node.name)):#x}:{m.name}:{len(m.heads)}"
@@ -79,7 +79,7 @@ def node_env(topo: Topology, node: Node) -> str:
             f"DATA_IP={node.address}\nHOSTS_LINES='{hosts}'\nMHDS='{mhds}'\n")
 
 
-def domain_xml(topo: Topology, node: Node, *, accel: Accel, kernel: Kernel, emulator: Path, ssh_port: int,
+def domain_xml(topo: Topology, node: NodeConfig, *, accel: Accel, kernel: Kernel, emulator: Path, ssh_port: int,
                layout: names.Layout) -> str:
     maxmem = node.memory + sum(m.window for m in topo.mhds_of(node.name))
     return _env.get_template("domain.xml.j2").render(

@@ -6,11 +6,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from testbed.access import node as remote
-from testbed.config.topology import Topology
 from testbed.lifecycle import names
-from testbed.lifecycle import state as st
-from testbed.lifecycle.provision import endpoint
+from testbed.lifecycle.testbed import Testbed
 
 
 @dataclass(frozen=True)
@@ -27,20 +24,18 @@ class SharingResult:
         return all(v == self.token for v in self.readers.values()) and self.host_file == self.token
 
 
-def prove(topo: Topology, state: st.State, offset: int | None = None) -> list[SharingResult]:
-    layout = names.Layout(topo.name)
+def prove(tb: Testbed, offset: int | None = None) -> list[SharingResult]:
     results = []
-    for mhd in topo.mhds:
+    for mhd in tb.topology.mhds:
         token = secrets.token_hex(16)
         off = offset if offset is not None else secrets.randbelow(mhd.size // 4096) * 4096
         writer = mhd.heads[0]
-        with remote.guest(writer, endpoint(layout, state.nodes[writer])) as g:
-            g.run(["tbagent", "dax", "write", mhd.name, str(off), token])
+        tb.node(writer).run(["tbagent", "dax", "write", mhd.name, str(off), token])
         readers = {}
         for head in mhd.heads:
-            with remote.guest(head, endpoint(layout, state.nodes[head])) as g:
-                readers[head] = g.run(["tbagent", "dax", "read", mhd.name, str(off), str(len(token) // 2)]).stdout.strip()
-        with open(names.shm_file(topo.name, mhd), "rb") as fh:
+            readers[head] = tb.node(head).run(["tbagent", "dax", "read", mhd.name, str(off),
+                                               str(len(token) // 2)]).stdout.strip()
+        with open(names.shm_file(tb.name, mhd), "rb") as fh:
             fh.seek(off)
             host = fh.read(len(token) // 2).hex()
         results.append(SharingResult(mhd.name, writer, off, token, readers, host))

@@ -6,25 +6,30 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import ExitStack
 from enum import StrEnum
 from pathlib import Path
+from re import Pattern
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from testbed import __version__
 from testbed.config.topology import NAME_RE, NODE_RE
 from testbed.errors import Interrupted, TestbedError, UserError, printable, shorten
+from testbed.ui.ops import Ops as Ops
+from testbed.ui.progress import PhaseProgress as PhaseProgress  # the executor's import, until it takes a factory
+
+if TYPE_CHECKING:
+    from testbed.lifecycle.state import State
+    from testbed.lifecycle.testbed import Testbed
 
 log = logging.getLogger("testbed")
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -46,41 +51,6 @@ class Verb(StrEnum):
     RUN = "run"
     REPORT = "report"
     COMPARE = "compare"
-
-
-def _lazy(module: str, name: str) -> Callable[..., Any]:
-    def call(*args: Any, **kwargs: Any) -> Any:
-        import importlib
-
-        return getattr(importlib.import_module(f"testbed.{module}"), name)(*args, **kwargs)
-
-    return call
-
-
-@dataclass
-class Ops:
-    """The side-effecting operations the CLI calls; replaced by fakes in unit tests."""
-
-    load_topology: Callable[..., Any] = field(default_factory=lambda: _lazy("config.topology", "load"))
-    host_facts: Callable[..., Any] = field(default_factory=lambda: _lazy("config.topology", "host_facts"))
-    up: Callable[..., Any] = field(default_factory=lambda: _lazy("lifecycle.provision", "up"))
-    down: Callable[..., Any] = field(default_factory=lambda: _lazy("lifecycle.provision", "down"))
-    status: Callable[..., Any] = field(default_factory=lambda: _lazy("ui.status", "all_status"))
-    load_state: Callable[..., Any] = field(default_factory=lambda: _lazy("lifecycle.state", "load"))
-    known: Callable[..., Any] = field(default_factory=lambda: _lazy("lifecycle.state", "known_testbeds"))
-    guest: Callable[..., Any] = field(default_factory=lambda: _lazy("access.node", "guest"))
-    endpoint: Callable[..., Any] = field(default_factory=lambda: _lazy("lifecycle.provision", "endpoint"))
-    doctor: Callable[..., Any] = field(default_factory=lambda: _lazy("ui.doctor", "run_checks"))
-    prove_sharing: Callable[..., Any] = field(default_factory=lambda: _lazy("lifecycle.sharing", "prove"))
-    build_image: Callable[..., Any] = field(default_factory=lambda: _lazy("artifacts.image", "build"))
-    build_kernel: Callable[..., Any] = field(default_factory=lambda: _lazy("artifacts.kbuild", "build"))
-    list_kernels: Callable[..., Any] = field(default_factory=lambda: _lazy("artifacts.kbuild", "cached"))
-    build_qemu: Callable[..., Any] = field(default_factory=lambda: _lazy("artifacts.qemu", "build"))
-    list_qemus: Callable[..., Any] = field(default_factory=lambda: _lazy("artifacts.qemu", "cached"))
-    agent_session: Callable[..., Any] = field(default_factory=lambda: _lazy("access.agent", "AgentSession"))
-    # state -> each head's CXL path as QEMU reports it (for results' meta.json)
-    cxl_paths: Callable[..., Any] = field(default_factory=lambda: _lazy("lifecycle.cxlpath", "read_for_state"))
-    execv: Callable[[str, list[str]], Any] = os.execv
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -131,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_name(name: str, what: str, regex: Any = NAME_RE) -> str:
+def _check_name(name: str, what: str, regex: Pattern[str] = NAME_RE) -> str:
     if not regex.match(name):
         raise UserError(f"invalid {what} name {name!r}: use [a-z][a-z0-9-]*")
     return name
@@ -150,48 +120,7 @@ def _testbed(args: argparse.Namespace, ops: Ops) -> str:
     raise UserError(f"several testbeds are up ({', '.join(known)}); choose one with -t NAME")
 
 
-def _state(name: str, ops: Ops) -> Any:
-    from testbed.lifecycle import names
-
-    state = ops.load_state(names.Layout(name))
-    if state is None:
-        raise UserError(f"no testbed named {name!r}; see `testbed status`")
-    return state
-
-
-class PhaseProgress:
-    """rich progress bars, one per phase of a long operation (kernel, image, boot, ready)."""
-
-    def __init__(self, title: str, total_nodes: int) -> None:
-        self.bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                             MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=False)
-        self.title = title
-        self.total_nodes = total_nodes
-        self.tasks: dict[str, TaskID] = {}
-
-    def __enter__(self) -> PhaseProgress:
-        self.bars.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bars.__exit__(None, None, None)
-
-    def __call__(self, phase: str, message: str) -> None:
-        log.debug("%s: %s", phase, message)
-        per_node = phase in ("boot", "ready")
-        if phase not in self.tasks:
-            for tid in self.tasks.values():  # a new phase means the earlier ones are done
-                task = self.bars.tasks[tid]
-                if task.total is not None and not per_node:
-                    self.bars.update(tid, completed=task.total)
-            total = self.total_nodes if per_node else 1
-            self.tasks[phase] = self.bars.add_task(f"{self.title}: {phase}", total=total)
-        tid = self.tasks[phase]
-        self.bars.update(tid, description=f"{self.title}: {phase}: {message}",
-                         advance=1 if per_node else 0)
-
-
-def _require_node(testbed: str, state: Any, node: str, *extra: str) -> None:
+def _require_node(testbed: str, state: State, node: str, *extra: str) -> None:
     if node not in state.nodes and node not in extra:
         raise UserError(f"testbed {testbed} has no node {node!r} (nodes: {', '.join([*state.nodes, *extra])})")
 
@@ -199,13 +128,13 @@ def _require_node(testbed: str, state: Any, node: str, *extra: str) -> None:
 def cmd_up(args: argparse.Namespace, ops: Ops) -> int:
     topo = ops.load_topology(args.file, ops.host_facts())
     t0 = time.monotonic()
-    with PhaseProgress(topo.name, len(topo.nodes)) as progress:
-        state, created = ops.up(topo, progress)
-    if not created:
+    with PhaseProgress(topo.name, len(topo.nodes)) as progress, ops.open_testbed(topo, True, progress) as tb:
+        pass  # up, and left up
+    if not tb.created:
         out.print(f"testbed {topo.name} is already up")
     else:
-        out.print(f"testbed {topo.name} up in {time.monotonic() - t0:.1f}s ({state.accel}, "
-                  f"{len(state.nodes)} nodes)")
+        out.print(f"testbed {topo.name} up in {time.monotonic() - t0:.1f}s ({tb.state.accel}, "
+                  f"{len(tb.state.nodes)} nodes)")
     return 0
 
 
@@ -217,7 +146,7 @@ def cmd_down(args: argparse.Namespace, ops: Ops) -> int:
     else:
         raise UserError("testbed down: give a testbed name or -f TOPOLOGY")
     t0 = time.monotonic()
-    removed = ops.down(name)
+    removed = ops.down(name) or []
     out.print(f"testbed {name} down in {time.monotonic() - t0:.1f}s ({len(removed)} objects removed)")
     return 0
 
@@ -268,20 +197,16 @@ def cmd_exec(args: argparse.Namespace, ops: Ops) -> int:
     if not command:
         raise UserError("testbed exec: no command given; usage: testbed exec NODE|all -- COMMAND")
     name = _testbed(args, ops)
-    state = _state(name, ops)
-    from testbed.lifecycle import names
+    with ops.attach(name) as tb:
+        _require_node(name, tb.state, args.node, "all")
+        targets = list(tb.state.nodes) if args.node == "all" else [args.node]
 
-    layout = names.Layout(name)
-    _require_node(name, state, args.node, "all")
-    targets = list(state.nodes) if args.node == "all" else [args.node]
-
-    def one(node: str) -> tuple[str, int, str, str]:
-        with ops.guest(node, ops.endpoint(layout, state.nodes[node])) as g:
-            r = g.run(command, check=False, stream=len(targets) == 1)
+        def one(node: str) -> tuple[str, int, str, str]:
+            r = tb.node(node).run(command, check=False, stream=len(targets) == 1)
             return node, r.exit_code, r.stdout, r.stderr
 
-    with ThreadPoolExecutor(max_workers=len(targets)) as pool:
-        results = list(pool.map(one, targets))
+        with ThreadPoolExecutor(max_workers=len(targets)) as pool:
+            results = list(pool.map(one, targets))
     worst = 0
     for node, code, stdout, stderr in results:
         if len(targets) > 1:
@@ -297,26 +222,22 @@ def cmd_exec(args: argparse.Namespace, ops: Ops) -> int:
 
 def cmd_ssh(args: argparse.Namespace, ops: Ops) -> int:
     name = _testbed(args, ops)
-    state = _state(name, ops)
-    _check_name(args.node, "node", NODE_RE)
-    _require_node(name, state, args.node)
-    from testbed.lifecycle import names
-
-    layout = names.Layout(name)
-    argv = ["ssh", "-i", str(layout.client_key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-            "-o", f"UserKnownHostsFile={layout.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-            "-p", str(state.nodes[args.node].ssh_port), "root@127.0.0.1"]
+    with ops.attach(name) as tb:
+        _check_name(args.node, "node", NODE_RE)
+        _require_node(name, tb.state, args.node)
+        layout = tb.layout
+        argv = ["ssh", "-i", str(layout.client_key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                "-o", f"UserKnownHostsFile={layout.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+                "-p", str(tb.state.nodes[args.node].ssh_port), "root@127.0.0.1"]
     ops.execv("/usr/bin/ssh", argv)
     return 0
 
 
 def cmd_console(args: argparse.Namespace, ops: Ops) -> int:
     name = _testbed(args, ops)
-    state = _state(name, ops)
-    _require_node(name, state, args.node)
-    from testbed.lifecycle import names
-
-    path = names.Layout(name).console(args.node)
+    with ops.attach(name) as tb:
+        _require_node(name, tb.state, args.node)
+    path = tb.layout.console(args.node)
     if not path.exists():
         raise UserError(f"{path}: no console log yet")
     with open(path, errors="replace") as fh:
@@ -344,31 +265,32 @@ def cmd_doctor(args: argparse.Namespace, ops: Ops) -> int:
 def cmd_demo(args: argparse.Namespace, ops: Ops) -> int:
     topo = ops.load_topology(args.file, ops.host_facts())
     t0 = time.monotonic()
-    with PhaseProgress(topo.name, len(topo.nodes)) as progress:
-        state, created = ops.up(topo, progress)
-    t_up = time.monotonic() - t0
-    if not created:
-        out.print(f"testbed {topo.name} was already up: the demo uses it and leaves it up")
+    tb: Testbed | None = None
     try:
-        results = ops.prove_sharing(topo, state)
-        table = Table(title=f"cxl-testbed demo: {topo.name} ({state.accel}, kernel {state.kernel['release']})")
-        for col in ("MHD", "writer", "offset", "token", "read back by", "host file", "shared"):
-            table.add_column(col)
-        for r in results:
-            table.add_row(r.mhd, r.writer, hex(r.offset), r.token,
-                          ", ".join(f"{n}{'=' if v == r.token else '!='}" for n, v in r.readers.items()),
-                          "match" if r.host_file == r.token else f"MISMATCH {r.host_file}", "yes" if r.ok else "NO")
-        out.print(table)
-        out.print(f"up: {t_up:.1f}s; node ready times: " +
-                  ", ".join(f"{k.split('.', 1)[1]} {v:.1f}s" for k, v in state.timings.items() if k.startswith("ready.")))
-        ok = all(r.ok for r in results)
-    finally:
-        # Only what this demo brought up is its to remove: a testbed that was already up
+        # Torn down on leaving only if this demo brought it up: a testbed that was already up
         # belongs to whoever started it.
-        if created and not args.keep:
-            t1 = time.monotonic()
-            ops.down(topo.name)
-            out.print(f"down: {time.monotonic() - t1:.1f}s")
+        with ExitStack() as stack:
+            with PhaseProgress(topo.name, len(topo.nodes)) as progress:
+                tb = stack.enter_context(ops.open_testbed(topo, args.keep, progress))
+            t_up = time.monotonic() - t0
+            if not tb.created:
+                out.print(f"testbed {topo.name} was already up: the demo uses it and leaves it up")
+            results = ops.prove_sharing(tb)
+            state = tb.state
+            table = Table(title=f"cxl-testbed demo: {topo.name} ({state.accel}, kernel {state.kernel['release']})")
+            for col in ("MHD", "writer", "offset", "token", "read back by", "host file", "shared"):
+                table.add_column(col)
+            for r in results:
+                table.add_row(r.mhd, r.writer, hex(r.offset), r.token,
+                              ", ".join(f"{n}{'=' if v == r.token else '!='}" for n, v in r.readers.items()),
+                              "match" if r.host_file == r.token else f"MISMATCH {r.host_file}", "yes" if r.ok else "NO")
+            out.print(table)
+            out.print(f"up: {t_up:.1f}s; node ready times: " +
+                      ", ".join(f"{k.split('.', 1)[1]} {v:.1f}s" for k, v in state.timings.items() if k.startswith("ready.")))
+            ok = all(r.ok for r in results)
+    finally:
+        if tb is not None and tb.down_seconds is not None:
+            out.print(f"down: {tb.down_seconds:.1f}s")
     if not ok:
         print("testbed: demo: the heads do not see the same bytes", file=sys.stderr)
     return 0 if ok else 1

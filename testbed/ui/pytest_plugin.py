@@ -6,66 +6,37 @@
 
 The `testbed` fixture brings the topology up (under a per-session name, so it never touches
 a researcher's own testbed of the same name) and tears it down after the test module, unless
-it was already up before the fixture ran (then it is left as it was found).
+it was already up before the fixture ran (then it is left as it was found). It is a thin layer
+over testbed.lifecycle.testbed.Testbed; import that, not this module, to use it elsewhere.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from testbed.access import node as remote
+from testbed.access.node import GuestNode
 from testbed.config import topology as topo_mod
-from testbed.lifecycle import names, provision
-from testbed.lifecycle import state as st
+from testbed.lifecycle import testbed as lifecycle
 
 
-@dataclass
-class Testbed:
-    __test__ = False  # not a test class, despite the name
-    topology: topo_mod.Topology
-    state: st.State
-    _stack: ExitStack = field(default_factory=ExitStack)
-    _nodes: dict[str, remote.GuestNode] = field(default_factory=dict)
+class Testbed(lifecycle.Testbed):
+    """What the fixture yields: a Testbed whose nodes are real guests. Transitional: the VM
+    tests that still import Testbed from here hand tb.node() to AgentSession, which takes a
+    GuestNode until the agent client takes any node with open_channel."""
 
-    @property
-    def name(self) -> str:
-        return self.topology.name
+    __test__ = False
 
-    def node(self, name: str) -> remote.GuestNode:
-        if name not in self._nodes:
-            ep = provision.endpoint(names.Layout(self.name), self.state.nodes[name])
-            self._nodes[name] = self._stack.enter_context(remote.guest(name, ep))
-        return self._nodes[name]
-
-    @property
-    def nodes(self) -> list[remote.GuestNode]:
-        return [self.node(n) for n in self.state.nodes]
-
-    def exec(self, node: str, *argv: str, check: bool = True) -> remote.Result:
-        return self.node(node).run(list(argv), check=check)
-
-    def close(self) -> None:
-        self._stack.close()
-        self._nodes.clear()
-
-
-def renamed_topology(path: str | Path, name: str, tmp: Path) -> Path:
-    """A copy of a topology file under another testbed name."""
-    data: dict[str, Any] = yaml.safe_load(Path(path).read_text())
-    data["name"] = name
-    out = tmp / f"{name}.yaml"
-    out.write_text(yaml.safe_dump(data, sort_keys=False))
-    return out
+    def node(self, name: str) -> GuestNode:
+        node = super().node(name)
+        if not isinstance(node, GuestNode):
+            raise TypeError(f"{name}: the fixture's nodes are guests, not {type(node).__name__}")
+        return node
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -80,25 +51,6 @@ def testbed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     src = Path(marker.args[0])
     base = yaml.safe_load(src.read_text())["name"]
     name = marker.kwargs.get("name") or re.sub(r"[^a-z0-9-]", "", f"pt{os.getpid() % 10000}-{base}")[:20]
-    path = renamed_topology(src, name, tmp_path_factory.mktemp("topology"))
-    topology = topo_mod.load(path, topo_mod.host_facts())
-    with brought_up(topology) as state, contextlib.closing(Testbed(topology, state)) as tb:
+    path = topo_mod.renamed_topology(src, name, tmp_path_factory.mktemp("topology"))
+    with Testbed.up(topo_mod.load(path, topo_mod.host_facts())) as tb:
         yield tb
-
-
-Up = Callable[[topo_mod.Topology], tuple[st.State, bool]]
-
-
-@contextlib.contextmanager
-def brought_up(topology: topo_mod.Topology, up: Up | None = None,
-               down: Callable[[str], object] | None = None) -> Iterator[st.State]:
-    """The testbed of `topology`, up for the body; torn down afterwards only if this call
-    created it. A testbed that was already up (a researcher's, or another session's with the
-    same name) is used as it is and left up. A failed `up` has rolled back what it made, and
-    one refused by the testbed lock made nothing: neither is this call's to tear down."""
-    state, created = (up or provision.up)(topology)
-    try:
-        yield state
-    finally:
-        if created:
-            (down or provision.down)(topology.name)

@@ -1,5 +1,5 @@
 """The scenario verbs of the CLI: `testbed run`, `testbed report`, `testbed compare`.
-testbed/cli.py parses the arguments and calls these with its (fakeable) Ops. The engine is
+testbed/ui/cli.py parses the arguments and calls these with its (fakeable) Ops. The engine is
 imported when a verb runs, so building the parser stays cheap for every other verb."""
 
 from __future__ import annotations
@@ -8,12 +8,14 @@ import argparse
 import datetime as dt
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from testbed.errors import UserError
+from testbed.ui.ops import Ops
 
 if TYPE_CHECKING:
     from rich.console import Console
+
 
 
 def _console() -> Console:
@@ -48,7 +50,7 @@ def escape(text: str) -> str:
     return rich_escape(text)
 
 
-def cmd_run(args: argparse.Namespace, ops: Any) -> int:
+def cmd_run(args: argparse.Namespace, ops: Ops) -> int:
     from testbed.scenario.output import report
     from testbed.scenario.run import adapter
     from testbed.scenario.run.executor import Options, run
@@ -72,7 +74,7 @@ def cmd_run(args: argparse.Namespace, ops: Any) -> int:
     return 0 if outcome.ok else 1
 
 
-def cmd_report(args: argparse.Namespace, ops: Any) -> int:
+def cmd_report(args: argparse.Namespace, ops: Ops) -> int:
     from testbed.scenario.output import report, results
 
     summary = results.read_json(args.dir / results.SUMMARY)
@@ -90,7 +92,7 @@ def cmd_report(args: argparse.Namespace, ops: Any) -> int:
     return 0
 
 
-def cmd_compare(args: argparse.Namespace, ops: Any) -> int:
+def cmd_compare(args: argparse.Namespace, ops: Ops) -> int:
     from testbed.scenario.output import report, results
 
     if args.threshold < 0:

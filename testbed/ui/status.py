@@ -9,11 +9,10 @@ from typing import Any
 import libvirt
 
 from testbed import paths
-from testbed.access import node as remote
 from testbed.errors import NodeError, UserError
 from testbed.lifecycle import cxlpath, daemons, names
 from testbed.lifecycle import state as st
-from testbed.lifecycle.provision import endpoint
+from testbed.lifecycle.testbed import Testbed
 
 DOMAIN_STATES = {
     libvirt.VIR_DOMAIN_RUNNING: "running",
@@ -24,10 +23,9 @@ DOMAIN_STATES = {
 }
 
 
-def _guest_info(layout: names.Layout, ns: st.NodeState) -> dict[str, Any]:
+def _guest_info(tb: Testbed, node: str) -> dict[str, Any]:
     try:
-        with remote.guest(ns.name, endpoint(layout, ns)) as g:
-            out = g.run(["tbagent", "info"], timeout=30).stdout
+        out = tb.node(node).run(["tbagent", "info"], timeout=30).stdout
         data: dict[str, Any] = json.loads(out)
         return data
     except (NodeError, ValueError) as exc:
@@ -55,8 +53,8 @@ def testbed_status(conn: libvirt.virConnect, testbed: str, probe: bool = True) -
             "mhds": ns.mhds,
         })
     if probe and running:
-        with ThreadPoolExecutor(max_workers=len(running)) as pool:
-            infos = dict(zip(running, pool.map(lambda n: _guest_info(layout, running[n]), running), strict=True))
+        with Testbed(state) as tb, ThreadPoolExecutor(max_workers=len(running)) as pool:
+            infos = dict(zip(running, pool.map(lambda n: _guest_info(tb, n), running), strict=True))
         for node in nodes:
             info = infos.get(node["name"])
             if info is None:

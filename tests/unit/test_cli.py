@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import paramiko
 import pytest
 
-from testbed.access.node import Result
+from testbed.access.node import ChannelNode, Result, SshEndpoint
 from testbed.lifecycle import state as st
 from testbed.ui import cli
 
@@ -17,9 +18,18 @@ class FakeGuest:
         self.name = name
         self.codes = codes
 
-    def run(self, argv: list[str], *, check: bool = True, timeout: float | None = None,
+    def run(self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
             stream: bool = False) -> Result:
         return Result(self.name, tuple(argv), self.codes[self.name], f"out of {self.name}\n", "", 0.0)
+
+    def put(self, local: Path, remote: str) -> None:
+        raise AssertionError("not used")
+
+    def get(self, remote: str, local: Path) -> None:
+        raise AssertionError("not used")
+
+    def open_channel(self, command: str, timeout: float) -> paramiko.Channel:
+        raise AssertionError("not used")
 
 
 def _state() -> st.State:
@@ -30,15 +40,14 @@ def _state() -> st.State:
 
 def _ops(codes: dict[str, int], calls: list[Any] | None = None) -> cli.Ops:
     @contextlib.contextmanager
-    def guest(name: str, ep: Any) -> Iterator[FakeGuest]:
+    def connect(name: str, ep: SshEndpoint) -> Iterator[ChannelNode]:
         yield FakeGuest(name, codes)
 
     def execv(path: str, argv: list[str]) -> None:
         assert calls is not None
         calls.append(argv)
 
-    return cli.Ops(known=lambda root: ["tb"], load_state=lambda layout: _state(), guest=guest,
-                   endpoint=lambda layout, ns: ns.ssh_port, execv=execv)
+    return cli.Ops(known=lambda root: ["tb"], load_state=lambda layout: _state(), connect=connect, execv=execv)
 
 
 def test_exec_all_runs_every_node_and_fails_if_one_fails(capsys: pytest.CaptureFixture[str]) -> None:
@@ -95,3 +104,50 @@ def test_up_idempotent_message(tmp_path: Path, capsys: pytest.CaptureFixture[str
     ops = cli.Ops(host_facts=lambda: HostFacts(64 << 30, 8), up=lambda t, progress: (_state(), False))
     assert cli.main(["up", "-f", str(topo)], ops=ops) == 0
     assert "already up" in capsys.readouterr().out
+
+
+def test_exec_closes_every_connection_it_opened() -> None:
+    closed: list[str] = []
+
+    @contextlib.contextmanager
+    def connect(name: str, ep: SshEndpoint) -> Iterator[ChannelNode]:
+        try:
+            yield FakeGuest(name, {"n0": 0, "n1": 0})
+        finally:
+            closed.append(name)
+
+    ops = cli.Ops(known=lambda root: ["tb"], load_state=lambda layout: _state(), connect=connect)
+    assert cli.main(["exec", "all", "--", "true"], ops=ops) == 0
+    assert sorted(closed) == ["n0", "n1"]
+
+
+def test_up_reports_a_new_testbed_and_leaves_it_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from testbed.config.topology import HostFacts
+
+    topo = tmp_path / "t.yaml"
+    topo.write_text("name: t\nnodes: 1\n")
+    downs: list[str] = []
+    ops = cli.Ops(host_facts=lambda: HostFacts(64 << 30, 8), up=lambda t, progress: (_state(), True), down=downs.append)
+    assert cli.main(["up", "-f", str(topo)], ops=ops) == 0
+    assert "testbed t up in" in capsys.readouterr().out and downs == []
+
+
+@pytest.mark.parametrize(("created", "keep", "downs"), [(True, False, ["tb"]), (True, True, []), (False, False, [])])
+def test_ops_open_testbed_the_executors_seam(tmp_path: Path, created: bool, keep: bool, downs: list[str]) -> None:
+    """Ops.open_testbed(topology, keep, progress): up reports to progress; torn down on leaving
+    only if it was brought up here and not kept."""
+    from testbed.config.topology import HostFacts, load
+
+    f = tmp_path / "tb.yaml"
+    f.write_text("name: tb\nnodes: 2\n")
+    seen: list[str] = []
+    progress: list[tuple[str, str]] = []
+
+    def up(topo: Any, report: Any) -> tuple[st.State, bool]:
+        report("boot", "n0 started")
+        return _state(), created
+
+    ops = cli.Ops(up=up, down=seen.append)
+    with ops.open_testbed(load(f, HostFacts(64 << 30, 8)), keep, lambda phase, msg: progress.append((phase, msg))) as tb:
+        assert tb.name == "tb" and tb.created is created
+    assert seen == downs and progress == [("boot", "n0 started")]

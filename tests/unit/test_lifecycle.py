@@ -21,7 +21,8 @@ from testbed.config.topology import load as load_topology
 from testbed.errors import Interrupted, UserError
 from testbed.lifecycle import daemons, locks, names, provision
 from testbed.lifecycle import state as st
-from testbed.ui import cli, pytest_plugin, status
+from testbed.lifecycle.testbed import Testbed
+from testbed.ui import cli, status
 
 pytestmark = pytest.mark.unit
 
@@ -207,7 +208,7 @@ def test_demo_tears_down_only_a_testbed_it_created(tmp_path: Path, created: bool
     f = tmp_path / "tb.yaml"
     f.write_text("name: tb\nnodes: 2\n")
     ops = cli.Ops(host_facts=lambda: HostFacts(64 << 30, 8), up=lambda topo, progress: (_tb_state(), created),
-                  prove_sharing=lambda topo, state: [], down=downs.append)
+                  prove_sharing=lambda tb: [], down=downs.append)
     assert cli.main(["demo", "-f", str(f)], ops=ops) == 0
     assert downs == (["tb"] if created else [])
     if not created:
@@ -217,17 +218,17 @@ def test_demo_tears_down_only_a_testbed_it_created(tmp_path: Path, created: bool
 @pytest.mark.parametrize("created", [False, True])
 def test_fixture_tears_down_only_a_testbed_it_created(tmp_path: Path, created: bool) -> None:
     downs: list[str] = []
-    with pytest_plugin.brought_up(_topology(tmp_path), up=lambda t: (_tb_state(), created), down=downs.append) as state:
-        assert state.testbed == "tb"
+    with Testbed.up(_topology(tmp_path), up=lambda t, progress: (_tb_state(), created), down=downs.append) as tb:
+        assert tb.state.testbed == "tb"
     assert downs == (["tb"] if created else [])
 
 
 def test_fixture_does_not_tear_down_after_a_refused_up(tmp_path: Path) -> None:
-    def busy(topology: Topology) -> tuple[st.State, bool]:
+    def busy(topology: Topology, progress: Any) -> tuple[st.State, bool]:
         raise UserError("testbed tb is being brought up or down by another process (pid 1)")
 
     downs: list[str] = []
-    with pytest.raises(UserError), pytest_plugin.brought_up(_topology(tmp_path), up=busy, down=downs.append):
+    with pytest.raises(UserError), Testbed.up(_topology(tmp_path), up=busy, down=downs.append):
         pass
     assert downs == []
 

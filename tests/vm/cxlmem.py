@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from testbed.lifecycle import cxlpath, daemons, names
-from testbed.ui.pytest_plugin import Testbed
+from testbed.lifecycle.testbed import Testbed
 
 MiB = 1 << 20
 CXL = "/dev/mhd/mhd0"

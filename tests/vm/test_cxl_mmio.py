@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from testbed.lifecycle.cxlpath import Observed
-from testbed.ui.pytest_plugin import Testbed
+from testbed.lifecycle.testbed import Testbed
 
 from .cxlmem import CXL, MiB, concurrent_writers, head_paths, read_mbps
 from .test_cxl_direct import DIRECT_BOUND

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from testbed.config.topology import host_facts, load
+from testbed.config.topology import host_facts, load, renamed_topology
 from testbed.lifecycle import names, provision, sharing
-from testbed.ui.pytest_plugin import renamed_topology
+from testbed.lifecycle.testbed import Testbed
 
 from .leftovers import assert_clean
 
@@ -73,21 +73,17 @@ def test_failed_boot_rolls_back(tmp_path: Path) -> None:
 def test_down_after_a_crash_with_no_state_file(tmp_path: Path) -> None:
     name = f"crash-{os.getpid() % 1000}"
     topo = load(renamed_topology(REPO / "testbeds" / "one-node.yaml", name, tmp_path), host_facts())
-    try:
-        provision.up(topo)
+    with Testbed.up(topo):  # and down again on leaving, should the test fail before its own
         names.Layout(name).state_file.unlink()  # as if the toolkit died and lost its record
         provision.down(name)
         assert_clean(name)
-    finally:
-        provision.down(name)
 
 
 def test_four_nodes_two_mhds(tmp_path: Path) -> None:
     name = f"four-{os.getpid() % 1000}"
     topo = load(renamed_topology(REPO / "testbeds" / "four-node.yaml", name, tmp_path), host_facts())
-    try:
-        state, _ = provision.up(topo)
-        results = sharing.prove(topo, state)
+    with Testbed.up(topo) as tb:
+        results = sharing.prove(tb)
         assert {r.mhd for r in results} == {"mhd-a", "mhd-b"}
         assert all(r.ok for r in results), results
         assert set(results[0].readers) == {"node0", "node1", "node2"}
@@ -97,8 +93,6 @@ def test_four_nodes_two_mhds(tmp_path: Path) -> None:
         with open(names.shm_file(name, topo.mhds[1]), "rb") as fh:
             fh.seek(a.offset)
             assert fh.read(16).hex() != a.token
-    finally:
-        provision.down(name)
     assert_clean(name)
 
 
@@ -117,12 +111,11 @@ def test_hugetlbfs_backing(tmp_path: Path) -> None:
                    f"    hugetlbfs: {mnt}\n")
     topo = load(renamed_topology(src, name, tmp_path), host_facts())
     try:
-        state, _ = provision.up(topo)
-        assert names.shm_file(name, topo.mhds[0]).parent == mnt
-        (result,) = sharing.prove(topo, state)
-        assert result.ok, result
+        with Testbed.up(topo) as tb:
+            assert names.shm_file(name, topo.mhds[0]).parent == mnt
+            (result,) = sharing.prove(tb)
+            assert result.ok, result
     finally:
-        provision.down(name)
         nr.write_text(before)
         if not mounted:
             subprocess.run(["umount", str(mnt)], check=False)

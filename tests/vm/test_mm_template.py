@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from testbed.access.node import Result
-from testbed.ui.pytest_plugin import Testbed
+from testbed.lifecycle.testbed import Testbed
 
 REPO = Path(__file__).resolve().parents[2]
 SELFTESTS = REPO / "kernel-patches" / "selftests"

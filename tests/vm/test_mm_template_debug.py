@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.ui.pytest_plugin import Testbed
+from testbed.lifecycle.testbed import Testbed
 
 from .test_mm_template import (
     check_cross_node,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from testbed.lifecycle.testbed import Testbed
 from testbed.ui import cli
-from testbed.ui.pytest_plugin import Testbed
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.topology(str(REPO / "testbeds" / "two-node.yaml"))

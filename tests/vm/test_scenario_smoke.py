@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from testbed.config.topology import renamed_topology
 from testbed.lifecycle import provision
-from testbed.ui.pytest_plugin import renamed_topology
 
 from .leftovers import assert_clean, leftovers
 

@@ -11,7 +11,7 @@ import pytest
 
 from testbed.config.topology import load
 from testbed.lifecycle import names, provision, sharing
-from testbed.ui.pytest_plugin import Testbed
+from testbed.lifecycle.testbed import Testbed
 
 from .leftovers import assert_clean
 
@@ -33,7 +33,7 @@ def test_every_node_has_a_devdax_region_on_the_mhd(testbed: Testbed) -> None:
 
 
 def test_heads_see_the_same_bytes_and_the_host_file_holds_them(testbed: Testbed) -> None:
-    (result,) = sharing.prove(testbed.topology, testbed.state)
+    (result,) = sharing.prove(testbed)
     assert result.ok, result
     # And the other way round, from node1 to node0, at a fixed offset near the end.
     off = (512 << 20) - 4096
@@ -56,7 +56,7 @@ def test_ssh_is_key_only_and_loopback_only(testbed: Testbed) -> None:
     assert "passwordauthentication no" in cfg and "permitrootlogin without-password" in cfg
     key = names.Layout(testbed.name).client_key
     assert key.stat().st_mode & 0o777 == 0o600
-    listen = subprocess.run(["ss", "-Htln"], capture_output=True, text=True, check=True).stdout
+    listen = testbed.host.run(["ss", "-Htln"]).stdout
     port = testbed.state.nodes["node0"].ssh_port
     lines = [ln for ln in listen.splitlines() if f":{port} " in ln]
     assert lines and all("127.0.0.1:" in ln for ln in lines), lines
