@@ -6,8 +6,8 @@ and plots.
               expression language, parsed, never eval'd); arrivals (pure, seeded patterns)
     kinds/    workload kinds in a registry (kinds/__init__.py): exec, agent, restore, sandbox;
               base.py is what every kind shares
-    run/      `testbed run`: executor (the run), seam (what it needs from the world), adapter
-              (that seam over today's functions), scheduler, sessions, sampler, bars
+    run/      `testbed run`: executor (the run), seam (what it needs from the world: the
+              lifecycle's Testbed satisfies it), scheduler, sessions, sampler, bars
     output/   the results folder (results, folder, summary), report.md, plots, stats, fidelity
 The CLI verbs are in testbed.ui.scenario_commands.
 """

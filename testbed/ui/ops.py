@@ -164,24 +164,6 @@ def _cxl_paths(state: State) -> list[JsonDict]:
     return cxlpath.read_for_state(state)
 
 
-def _guest(*args: Any) -> AbstractContextManager[object]:
-    from testbed.access import node
-
-    return node.guest(*args)
-
-
-def _endpoint(*args: Any) -> object:
-    from testbed.lifecycle import provision
-
-    return provision.endpoint(*args)
-
-
-def _agent_session(*args: Any) -> AbstractContextManager[object]:
-    from testbed.access.agent import AgentSession
-
-    return AgentSession(*args)
-
-
 @dataclass
 class Ops:
     """The side-effecting operations the CLI calls; replaced by fakes in unit tests."""
@@ -204,11 +186,6 @@ class Ops:
     list_qemus: Callable[[], list[JsonDict]] = _list_qemus
     cxl_paths: Callable[[State], list[JsonDict]] = _cxl_paths
     execv: Callable[[str, list[str]], object] = os.execv
-    # Read by the scenario executor's Backend.from_ops until it takes an open_testbed
-    # (testbed.lifecycle.testbed.opener over up/down/connect/agent above); then they go.
-    guest: Callable[..., AbstractContextManager[object]] = _guest
-    endpoint: Callable[..., object] = _endpoint
-    agent_session: Callable[..., AbstractContextManager[object]] = _agent_session
 
     def attach(self, name: str) -> Testbed:
         from testbed.lifecycle.testbed import Testbed

@@ -52,16 +52,18 @@ def escape(text: str) -> str:
 
 def cmd_run(args: argparse.Namespace, ops: Ops) -> int:
     from testbed.scenario.output import report
-    from testbed.scenario.run import adapter
     from testbed.scenario.run.executor import Options, run
+    from testbed.scenario.run.seam import Backend
     from testbed.scenario.spec import schema
-    from testbed.ui.cli import PhaseProgress
+    from testbed.ui.progress import PhaseProgress
 
     scn = schema.load(args.scenario, args.overrides)
     if args.resume is not None and args.out is not None and args.out.resolve() != args.resume.resolve():
         raise UserError("--out and --resume name different folders; --resume DIR continues the run in DIR")
     out = args.resume or args.out or Path("results") / f"{scn.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    outcome = run(scn, Options(out, args.keep, args.resume is not None, tuple(args.overrides)), adapter.backend(ops, PhaseProgress))
+    backend = Backend(open_testbed=ops.open_testbed, host_facts=ops.host_facts, progress=PhaseProgress,
+                      cxl_paths=ops.cxl_paths)
+    outcome = run(scn, Options(out, args.keep, args.resume is not None, tuple(args.overrides)), backend)
     con = _console()
     for table in report.tables(outcome.summary):
         con.print(table)

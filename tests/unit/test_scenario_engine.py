@@ -1,5 +1,5 @@
 """The executor's pieces on their own: the testbed seam (a fake TestbedHandle, one shared agent
-per node), the scheduler, the memory sampler, the metrics of an outcome, the Ops adapter."""
+per node), the scheduler, the memory sampler, the metrics of an outcome."""
 
 from __future__ import annotations
 
@@ -13,12 +13,11 @@ from typing import Any
 
 import pytest
 
-from testbed import errors
 from testbed.access.node import Result
-from testbed.config.topology import Accel, HostFacts, KernelKind, Topology
+from testbed.config.topology import HostFacts, Topology
 from testbed.lifecycle import state as st
 from testbed.scenario.kinds.base import Agent, Failure, Outcome
-from testbed.scenario.run import adapter, sampler, scheduler, seam
+from testbed.scenario.run import sampler, scheduler, seam
 from testbed.scenario.run.executor import Options, metrics_of, run
 from testbed.scenario.run.seam import Backend, PhaseReporter
 from testbed.scenario.spec import arrivals, schema
@@ -135,6 +134,12 @@ class MemNode:
             stream: bool = False) -> Result:
         return Result(self.name, tuple(argv), 0, self.stdout, "", 0.0)
 
+    def put(self, local: Path, remote: str) -> None:
+        raise AssertionError("no file copies here")
+
+    def get(self, remote: str, local: Path) -> None:
+        raise AssertionError("no file copies here")
+
 
 def test_memory_read_and_unreadable() -> None:
     m = sampler.read(MemNode("MemTotal: 1000 kB\nMemAvailable: 750 kB\n"))
@@ -189,63 +194,3 @@ def test_closed_loop_stops_at_count_and_on_stop() -> None:
     seen.clear()
     scheduler.closed_loop(arrivals.ClosedLoop(2, None, 5.0, "f"), ("a",), stop, call, lambda t: None)
     assert seen == []
-
-
-def test_the_ops_adapter_tears_down_what_it_created_after_closing_nodes() -> None:
-    log: list[str] = []
-    topo = Topology("tb", "x.yaml", (), (), "debian", KernelKind.DEBIAN, Accel.TCG, "10.0.0.0/24")
-
-    class Ops:
-        def __init__(self, created: bool, fail_down: bool = False) -> None:
-            self.created, self.fail_down = created, fail_down
-
-        def up(self, topology: Topology, progress: PhaseReporter) -> tuple[st.State, bool]:
-            s = st.State("tb", "", "", "h", st.Phase.UP)
-            s.nodes = {"n0": st.NodeState("n0", "d", 1, "10.0.0.2", [])}
-            return s, self.created
-
-        def down(self, name: str) -> None:
-            log.append(f"down {name}")
-            if self.fail_down:
-                raise errors.TestbedError("down failed")
-
-        @contextlib.contextmanager
-        def guest(self, name: str, endpoint: Any) -> Iterator[Any]:
-            log.append(f"open {name} {endpoint}")
-
-            class G:
-                def open(self) -> None:
-                    log.append("connect")
-
-            yield G()
-            log.append(f"close {name}")
-
-        def endpoint(self, layout: Any, ns: st.NodeState) -> int:
-            return ns.ssh_port
-
-        def host_facts(self) -> HostFacts:
-            return HostFacts(1, 1)
-
-        @contextlib.contextmanager
-        def agent_session(self, node: Any, timeout: float) -> Iterator[Any]:
-            log.append("agent")
-            yield object()
-            log.append("agent closed")
-
-        def cxl_paths(self, state: st.State) -> list[dict[str, Any]]:
-            return []
-
-    b = adapter.backend(Ops(True))
-    with b.open_testbed(topo, False, lambda p, m: None) as tb:
-        assert tb.node("n0") is tb.node("n0") and tb.agent("n0") is tb.agent("n0")
-        assert tb.created and tb.name == "tb"
-    assert log == ["open n0 1", "connect", "agent", "agent closed", "close n0", "down tb"]
-    log.clear()
-    with adapter.backend(Ops(True)).open_testbed(topo, True, lambda p, m: None) as tb:
-        tb.node("n0")
-    assert log == ["open n0 1", "connect", "close n0"]  # keep: left up
-    log.clear()
-    with pytest.raises(errors.TestbedError), adapter.backend(Ops(True, fail_down=True)).open_testbed(
-            topo, False, lambda p, m: None):
-        pass
-    assert log == ["down tb"]

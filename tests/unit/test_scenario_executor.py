@@ -75,6 +75,15 @@ class FakeNode:
     def run(self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None, stream: bool = False) -> Result:
         return self.world.run(self.name, argv, timeout)
 
+    def put(self, local: Path, remote: str) -> None:
+        raise AssertionError("the executor copies no files")
+
+    def get(self, remote: str, local: Path) -> None:
+        raise AssertionError("the executor copies no files")
+
+    def open_channel(self, command: str, timeout: float) -> Any:
+        raise AssertionError("the fake agent needs no channel")
+
 
 class FakeAgent:
     def __init__(self, node: FakeNode) -> None:
@@ -110,8 +119,8 @@ def make_ops(world: World) -> cli.Ops:
             mp.setattr(libvirt_qemu, "qemuMonitorCommand", monitor)
             return [h.as_dict() for h in cxlpath.for_state(conn, state)]
 
-    return cli.Ops(up=up, down=world.downs.append, guest=guest, endpoint=lambda layout, ns: ns.ssh_port,
-                   host_facts=lambda: HostFacts(64 << 30, 8), agent_session=agent, cxl_paths=cxl_paths)
+    return cli.Ops(up=up, down=world.downs.append, connect=guest, host_facts=lambda: HostFacts(64 << 30, 8),
+                   agent=agent, cxl_paths=cxl_paths)
 
 
 SCENARIO = f"""\

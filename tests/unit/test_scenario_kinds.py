@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,12 @@ class Node:
         if self.exc is not None:
             raise self.exc
         return Result(self.name, tuple(argv), 0, "{}\n", "", 0.0)
+
+    def put(self, local: Path, remote: str) -> None:
+        raise AssertionError("no file copies here")
+
+    def get(self, remote: str, local: Path) -> None:
+        raise AssertionError("no file copies here")
 
 
 class FakeAgent:

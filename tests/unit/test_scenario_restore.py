@@ -468,7 +468,7 @@ def test_restore_results_reach_summary_report_and_plots(tmp_path: Path) -> None:
     def agent(node: FakeNode, timeout: float) -> Iterator[SnapAgent]:
         yield agents.agent(node.name)
 
-    ops.agent_session = agent
+    ops.agent = agent
     out = tmp_path / "out"
     assert cli.main(["run", str(write(tmp_path, RUN)), "--out", str(out)], ops=ops) == 0
     assert len(agents.ops("snap.take")) == 1  # once per run, on create_on
