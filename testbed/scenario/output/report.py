@@ -43,8 +43,39 @@ def metric_rows(summary: dict[str, Any], workload: str) -> list[list[str]]:
         for metric, st in w.get("metrics", {}).items():
             if not st.get("count"):
                 continue
-            rows.append([mode, str(w["count"]), str(w["errors"]), metric, *(_fmt(st.get(c)) for c in STAT_COLUMNS)])
+            ci = (w.get("ci") or {}).get(metric) or {}
+            rows.append([mode, str(w["count"]), str(w["errors"]), metric,
+                         *(_with_ci(st.get(c), ci.get(c)) for c in STAT_COLUMNS)])
     return rows
+
+
+def _with_ci(value: Any, ci: Any) -> str:
+    """"median [lo, hi]" when summary.json has the bootstrap interval of that statistic."""
+    if isinstance(ci, list) and len(ci) == 2 and value is not None:
+        return f"{_fmt(value)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+    return _fmt(value)
+
+
+def repetition_rows(summary: dict[str, Any], workload: str) -> list[list[str]]:
+    """Per mode and metric with more than one repetition: each repetition's median, and the
+    spread of the repetitions' medians and P99s (mean +- sd, min to max)."""
+    rows = []
+    for mode, entry in summary.get("modes", {}).items():
+        w = entry.get("workloads", {}).get(workload) or {}
+        for metric, r in (w.get("repetitions") or {}).items():
+            reps = r.get("reps") or []
+            if len(reps) < 2:
+                continue
+            cells = [mode, metric, str(len(reps)), " / ".join(_fmt(x.get("median")) for x in reps)]
+            for name in ("median", "p99"):
+                sp = r.get(name) or {}
+                cells.append(f"{_fmt(sp.get('mean'))} +- {_fmt(sp.get('sd'))} ({_fmt(sp.get('min'))} to {_fmt(sp.get('max'))})")
+            rows.append(cells)
+    return rows
+
+
+REPETITION_HEADER = ("mode", "metric", "repetitions", "median per repetition", "median across repetitions",
+                     "p99 across repetitions")
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -89,10 +120,14 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], failures: Sequence[d
         out.append("")
     out.append("## Metrics per workload\n")
     out.append("Times in ms; statistics over measured invocations that succeeded (warm-up excluded); "
-               "percentiles interpolate linearly between ranks.\n")
+               "percentiles interpolate linearly between ranks; [lo, hi]: bootstrap 95% confidence interval "
+               "(percentile method, 2,000 resamples, fixed seed).\n")
     for wl in _workloads(summary):
         out.append(f"### {wl}\n")
         out.append(_md_table(METRIC_HEADER, metric_rows(summary, wl)))
+        if reps := repetition_rows(summary, wl):
+            out.append("Each repetition on its own (the run-to-run spread the pooled figures above hide):\n")
+            out.append(_md_table(REPETITION_HEADER, reps))
     out.append("## Memory per mode\n")
     out.append("Used memory (MemTotal - MemAvailable) on the unit's nodes, highest seen during the unit, "
                "summed over nodes; median over units.\n")
