@@ -1,4 +1,4 @@
-"""The scenario verbs of the CLI: `testbed run`, `testbed report`, `testbed compare`.
+"""The scenario verbs of the CLI: `testbed run`, `testbed report`, `testbed compare`, `testbed export`.
 testbed/cli.py parses the arguments and calls these with its (fakeable) Ops. The engine is
 imported when a verb runs, so building the parser stays cheap for every other verb."""
 
@@ -29,6 +29,17 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", action="store_true", help="leave the testbed up (if the run brought it up)")
     p.add_argument("--out", type=Path, help="results folder (default: results/NAME-TIME)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run in DIR")
+
+
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", type=Path)
+    p.add_argument("--plots", action="store_true", help="re-draw the plots (PNG, PDF, SVG) from raw.jsonl into DIR")
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", type=Path, help="results folder of `testbed run`")
+    p.add_argument("--format", choices=["csv", "parquet"], default="csv", help="file format (default csv)")
+    p.add_argument("--out", type=Path, help="file to write (default DIR/invocations.FORMAT)")
 
 
 def add_compare_arguments(p: argparse.ArgumentParser) -> None:
@@ -88,6 +99,19 @@ def cmd_report(args: argparse.Namespace, ops: Any) -> int:
     failures = results.read_json(args.dir / results.FAILURES) if (args.dir / results.FAILURES).exists() else []
     for f in failures:
         con.print(f"[red]failed[/] ({f.get('phase')} {escape(str(f.get('where')))}): {escape(str(f.get('error')))}")
+    if getattr(args, "plots", False):
+        from testbed.scenario.output import plots
+
+        made = plots.redraw(args.dir, summary)
+        con.print(f"plots in {args.dir}: {', '.join(made) if made else 'none (no data a plot can show)'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, ops: Any) -> int:
+    from testbed.scenario.output import export
+
+    path, n = export.export(args.dir, export.Format(args.format), args.out)
+    _console().print(f"{n} invocations -> {path}")
     return 0
 
 
