@@ -221,7 +221,8 @@ def startup_breakdown(data: RecordData, modes: Sequence[str], workloads: Sequenc
         ax.bar(range(len(bars)), heights, bottom=bottoms, label=phase, color=cmap(i % cmap.N))
         # each segment's median with its interval, drawn at the segment's top
         errs = [_err(smp.get(phase, []), h) for smp, h in zip(samples, heights, strict=True)]
-        ax.errorbar(range(len(bars)), [a + h for a, h in zip(bottoms, heights, strict=True)],
+        tops = [a + h if phase in smp else math.nan for a, h, smp in zip(bottoms, heights, samples, strict=True)]
+        ax.errorbar(range(len(bars)), tops,  # NaN: no such part in that bar, no error bar
                     yerr=[[e[0] for e in errs], [e[1] for e in errs]], fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
         bottoms = [a + h for a, h in zip(bottoms, heights, strict=True)]
     ax.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=8)

@@ -185,6 +185,8 @@ def _round(value: Any) -> Any:
         return round(value, 4)
     if isinstance(value, dict):
         return {k: _round(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_round(v) for v in value]
     return value
 
 
