@@ -145,4 +145,6 @@ def cmd_compare(args: argparse.Namespace, ops: Any) -> int:
         " (no raw.jsonl in both folders: no significance test)"
     con.print(f"{len(bad)} regression(s) beyond {args.threshold * 100:.0f}%{sig}" if bad else
               f"no regressions beyond {args.threshold * 100:.0f}%{sig}")
+    if noise := sum(1 for d in diffs if d.beyond_threshold and d.significant is False):
+        con.print(f"{noise} row(s) worse beyond {args.threshold * 100:.0f}% but not significant: within the runs' noise")
     return 1 if bad else 0

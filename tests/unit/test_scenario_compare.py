@@ -103,6 +103,7 @@ def test_two_real_modes_as_old_and_new() -> None:
     lat = row(ds, "m", "latency_ms", "median")
     assert lat.change is not None and 0.02 < lat.change < 0.05  # beyond a 2% threshold ...
     assert lat.significant is False and not lat.regression  # ... but not significant: no regression
+    assert lat.beyond_threshold and not row(ds, "m", "startup_ms", "median").beyond_threshold
     st = row(ds, "m", "startup_ms", "median")
     assert st.change is not None and st.change < -0.25 and st.significant is True and not st.regression
 
@@ -124,6 +125,17 @@ def test_compare_verb_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     text = capsys.readouterr().out
     assert "p (MWU)" in text and "significant at alpha 0.05" in text and "REGRESSION" in text
     assert cli.main(["compare", str(old), str(slow), "--alpha", "1.5"], ops=ops) == 2
+
+
+def test_compare_verb_says_what_noise_hid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """+20% on every TrEnv invocation of that run: beyond 10%, but its 72 values vary so much
+    that Mann-Whitney does not call it significant at 0.05 (p about 0.055): no regression, and
+    the output says which rows were beyond the threshold."""
+    recs = real_records()
+    old, slow = folder(tmp_path, "old", recs), folder(tmp_path, "slow", scaled(recs, 1.2))
+    assert cli.main(["compare", str(old), str(slow)], ops=cli.Ops()) == 0
+    assert "4 row(s) worse beyond 10% but not significant" in capsys.readouterr().out
+    assert cli.main(["compare", str(old), str(slow), "--alpha", "0.1"], ops=cli.Ops()) == 1
 
 
 def test_compare_verb_without_raw_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

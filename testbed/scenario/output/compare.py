@@ -39,6 +39,7 @@ class Difference:
     significant: bool | None = None  # p_value < alpha; None when not tested
     n_old: int | None = None
     n_new: int | None = None
+    beyond_threshold: bool = False  # worse by more than the threshold, significant or not
 
     @property
     def change(self) -> float | None:
@@ -107,7 +108,7 @@ def compare(old: dict[str, Any], new: dict[str, Any], threshold: float = 0.10,
                     worse = _worse(o, n, threshold, metric in higher_better)
                     out.append(Difference(mode, wl, metric, st, o, n, worse and sig is not False,
                                           None if test is None else test.p_value, sig,
-                                          None if test is None else test.n_old, None if test is None else test.n_new))
+                                          None if test is None else test.n_old, None if test is None else test.n_new, worse))
             o, n = ow.get("error_rate"), nw.get("error_rate")
             out.append(Difference(mode, wl, "error_rate", "", o, n, o is not None and n is not None and n > o))
         for key in ("memory_kb",):
