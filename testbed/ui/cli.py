@@ -51,6 +51,7 @@ class Verb(StrEnum):
     RUN = "run"
     REPORT = "report"
     COMPARE = "compare"
+    EXPORT = "export"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,8 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     from testbed.ui import scenario_commands as scn_cmds
 
     scn_cmds.add_run_arguments(sub.add_parser(Verb.RUN, help="run a scenario; results, report and plots in a folder"))
-    sub.add_parser(Verb.REPORT, help="print the tables of a results folder").add_argument("dir", type=Path)
+    scn_cmds.add_report_arguments(sub.add_parser(Verb.REPORT, help="print the tables of a results folder"))
     scn_cmds.add_compare_arguments(sub.add_parser(Verb.COMPARE, help="compare two results folders, flag regressions"))
+    scn_cmds.add_export_arguments(sub.add_parser(Verb.EXPORT, help="a results folder as CSV or Parquet, a row per invocation"))
     return p
 
 
@@ -361,11 +363,17 @@ def cmd_compare(args: argparse.Namespace, ops: Ops) -> int:
     return commands.cmd_compare(args, ops)
 
 
+def cmd_export(args: argparse.Namespace, ops: Ops) -> int:
+    from testbed.ui import scenario_commands as commands
+
+    return commands.cmd_export(args, ops)
+
+
 DISPATCH: dict[Verb, Callable[[argparse.Namespace, Ops], int]] = {
     Verb.UP: cmd_up, Verb.DOWN: cmd_down, Verb.STATUS: cmd_status, Verb.EXEC: cmd_exec,
     Verb.SSH: cmd_ssh, Verb.CONSOLE: cmd_console, Verb.DOCTOR: cmd_doctor, Verb.DEMO: cmd_demo,
     Verb.IMAGE: cmd_image, Verb.KERNEL: cmd_kernel, Verb.QEMU: cmd_qemu,
-    Verb.RUN: cmd_run, Verb.REPORT: cmd_report, Verb.COMPARE: cmd_compare,
+    Verb.RUN: cmd_run, Verb.REPORT: cmd_report, Verb.COMPARE: cmd_compare, Verb.EXPORT: cmd_export,
 }
 
 

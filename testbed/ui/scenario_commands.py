@@ -1,4 +1,4 @@
-"""The scenario verbs of the CLI: `testbed run`, `testbed report`, `testbed compare`.
+"""The scenario verbs of the CLI: `testbed run`, `testbed report`, `testbed compare`, `testbed export`.
 testbed/ui/cli.py parses the arguments and calls these with its (fakeable) Ops. The engine is
 imported when a verb runs, so building the parser stays cheap for every other verb."""
 
@@ -33,6 +33,17 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run in DIR")
 
 
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", type=Path)
+    p.add_argument("--plots", action="store_true", help="re-draw the plots (PNG, PDF, SVG) from raw.jsonl into DIR")
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", type=Path, help="results folder of `testbed run`")
+    p.add_argument("--format", choices=["csv", "parquet"], default="csv", help="file format (default csv)")
+    p.add_argument("--out", type=Path, help="file to write (default DIR/invocations.FORMAT)")
+
+
 def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("old", type=Path, help="results folder of the baseline")
     p.add_argument("new", type=Path, help="results folder to check")
@@ -42,6 +53,9 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
                    help="statistics to compare (default: median and p99)")
     p.add_argument("--higher-is-better", dest="higher_better", action="append", default=[], metavar="METRIC",
                    help="a metric for which larger is better (repeatable)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="significance level of the Mann-Whitney U test on raw values (default 0.05)")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
 
 def escape(text: str) -> str:
@@ -91,23 +105,52 @@ def cmd_report(args: argparse.Namespace, ops: Ops) -> int:
     failures = results.read_json(args.dir / results.FAILURES) if (args.dir / results.FAILURES).exists() else []
     for f in failures:
         con.print(f"[red]failed[/] ({f.get('phase')} {escape(str(f.get('where')))}): {escape(str(f.get('error')))}")
+    if getattr(args, "plots", False):
+        from testbed.scenario.output import plots
+
+        made = plots.redraw(args.dir, summary)
+        con.print(f"plots in {args.dir}: {', '.join(made) if made else 'none (no data a plot can show)'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, ops: Ops) -> int:
+    from testbed.scenario.output import export
+
+    path, n = export.export(args.dir, export.Format(args.format), args.out)
+    _console().print(f"{n} invocations -> {path}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace, ops: Ops) -> int:
-    from testbed.scenario.output import report, results
+    import json
+
+    from testbed.scenario.output import compare, results
 
     if args.threshold < 0:
         raise UserError(f"--threshold {args.threshold}: must not be negative")
+    if not 0 < args.alpha < 1:
+        raise UserError(f"--alpha {args.alpha}: must be between 0 and 1")
     old = results.read_json(args.old / results.SUMMARY)
     new = results.read_json(args.new / results.SUMMARY)
-    diffs = report.compare(old, new, args.threshold, tuple(args.stats or ("median", "p99")), tuple(args.higher_better))
+    # The significance test needs the per-invocation values: both folders' raw.jsonl.
+    raws = [results.RecordData(results.read_raw(d / results.RAW)) if (d / results.RAW).exists() else None
+            for d in (args.old, args.new)]
+    diffs = compare.compare(old, new, args.threshold, tuple(args.stats or ("median", "p99")), tuple(args.higher_better),
+                            raws[0], raws[1], args.alpha)
+    if args.json:
+        print(json.dumps(compare.as_json(diffs, str(args.old), str(args.new), args.threshold, args.alpha), indent=2))
+        return 1 if any(d.regression for d in diffs) else 0
     con = _console()
     if not diffs:
         con.print("nothing in common to compare (no shared mode and workload)")
         return 0
-    con.print(report.compare_table(diffs, str(args.old), str(args.new)))
+    con.print(compare.compare_table(diffs, str(args.old), str(args.new)))
     bad = [d for d in diffs if d.regression]
-    con.print(f"{len(bad)} regression(s) beyond {args.threshold * 100:.0f}%" if bad else
-              f"no regressions beyond {args.threshold * 100:.0f}%")
+    tested = any(d.p_value is not None for d in diffs)
+    sig = f" and significant at alpha {args.alpha:g} (Mann-Whitney U; * = significant)" if tested else \
+        " (no raw.jsonl in both folders: no significance test)"
+    con.print(f"{len(bad)} regression(s) beyond {args.threshold * 100:.0f}%{sig}" if bad else
+              f"no regressions beyond {args.threshold * 100:.0f}%{sig}")
+    if noise := sum(1 for d in diffs if d.beyond_threshold and d.significant is False):
+        con.print(f"{noise} row(s) worse beyond {args.threshold * 100:.0f}% but not significant: within the runs' noise")
     return 1 if bad else 0

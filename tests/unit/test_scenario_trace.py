@@ -68,3 +68,15 @@ def test_generator_shape_over_seeds() -> None:
         assert p.calm_rate < len(events) / p.duration < p.burst_rate
         assert math.isclose(len(events) / p.duration, expect, rel_tol=0.5)
     assert gen.generate(gen.Params(seed=5)) == gen.generate(gen.Params(seed=5))
+
+
+def test_azure_samples_match_their_provenance_note() -> None:
+    """The copies are unchanged: their sha256 is the one traces/AZURE.md gives for the source."""
+    import hashlib
+    import re
+
+    note = (TRACES / "AZURE.md").read_text()
+    listed = dict(re.findall(r"^\| (azure20\d\d-sample\.csv) \| [^|]+ \| ([0-9a-f]{64}) \|$", note, re.M))
+    assert set(listed) == {"azure2019-sample.csv", "azure2021-sample.csv"}
+    for name, digest in listed.items():
+        assert hashlib.sha256((TRACES / name).read_bytes()).hexdigest() == digest, name

@@ -1,4 +1,8 @@
-"""PNG plots of a run (matplotlib, Agg backend: no display needed).
+"""Plots of a run (matplotlib, Agg backend: no display needed), each as PNG (linked from
+report.md), PDF and SVG (for a paper). A mode has one colour in every figure (mode_colours: from
+its name, not from the order it is drawn in); a statistic carries its bootstrap 95% interval as
+an error bar; an x axis whose values grow geometrically (1, 4, 16, 32) is logarithmic.
+`testbed report DIR --plots` draws them again from raw.jsonl (redraw).
 
     latency_cdf.png        latency CDF per mode, one panel per workload (always)
     e2e_cdf.png            the same for `e2e_ms`, when invocations carry it (a start measured on
@@ -12,9 +16,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +27,73 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-from testbed.scenario.output import stats
+from testbed.scenario.output import results, stats
 from testbed.scenario.output.results import RecordData, unit_key
 
 DPI = 110
+FORMATS = ("png", "pdf", "svg")
+# tab10 without its grey (kept for "other"): colours a mode can get
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
+OTHER = "#7f7f7f"
+
+
+def mode_colours(modes: Sequence[str]) -> dict[str, str]:
+    """A colour per mode from a hash of its name, so a mode looks the same in every figure and
+    every run whatever the order; two names on one slot: the one first by name keeps it, the
+    other takes the next free one."""
+    out: dict[str, str] = {}
+    used: set[int] = set()
+    for mode in sorted(set(modes)):
+        slot = int.from_bytes(hashlib.sha256(mode.encode()).digest()[:4], "big") % len(PALETTE)
+        for step in range(len(PALETTE)):
+            if (slot + step) % len(PALETTE) not in used:
+                slot = (slot + step) % len(PALETTE)
+                break
+        else:  # more modes than colours
+            out[mode] = OTHER
+            continue
+        used.add(slot)
+        out[mode] = PALETTE[slot]
+    return out
+
+
+def geometric(xs: Sequence[float]) -> bool:
+    """True for a sweep whose values grow by factors (1, 4, 16, 32) rather than steps (10, 20,
+    30): at least three distinct positive values spanning a factor of 4 or more, spaced more
+    evenly on a log scale than on a linear one."""
+    v = sorted(set(xs))
+    if len(v) < 3 or v[0] <= 0 or v[-1] / v[0] < 4:
+        return False
+
+    def cv(d: Sequence[float]) -> float:
+        return float(np.std(d) / np.mean(d))
+
+    return cv(np.diff(np.log(v)).tolist()) < cv(np.diff(v).tolist())
+
+
+def set_sweep_axis(ax: Axes, xs: Sequence[float]) -> None:
+    if geometric(xs):
+        ax.set_xscale("log", base=2)
+        ticks = sorted(set(xs))
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+
+
+def save(fig: Figure, out: Path) -> None:
+    """out names the PNG; the PDF and SVG go beside it."""
+    for fmt in FORMATS:
+        fig.savefig(out.with_suffix(f".{fmt}"), dpi=DPI)
+    plt.close(fig)
+
+
+def _err(values: Sequence[float], centre: float) -> tuple[float, float]:
+    """(below, above) the centre for an error bar from the bootstrap interval of the median."""
+    ci = stats.bootstrap_ci(values, 50)
+    return (0.0, 0.0) if ci is None else (max(0.0, centre - ci.low), max(0.0, ci.high - centre))
 
 
 def _number(v: Any) -> float | None:
@@ -34,7 +101,9 @@ def _number(v: Any) -> float | None:
 
 
 def latency_cdf(data: RecordData, modes: Sequence[str], workloads: Sequence[str], out: Path,
-                metric: str = "latency_ms", title: str = "Latency CDF per mode") -> bool:
+                metric: str = "latency_ms", title: str = "Latency CDF per mode",
+                colours: Mapping[str, str] | None = None) -> bool:
+    colours = colours or mode_colours(modes)
     panels = [w for w in workloads if any(data.values(m, w, metric) for m in modes)]
     if not panels:
         return False
@@ -47,7 +116,7 @@ def latency_cdf(data: RecordData, modes: Sequence[str], workloads: Sequence[str]
             xs = sorted(data.values(mode, wl, metric))
             if xs:
                 ys = [(j + 1) / len(xs) for j in range(len(xs))]
-                ax.step(xs, ys, where="post", label=f"{mode} (n={len(xs)})")
+                ax.step(xs, ys, where="post", label=f"{mode} (n={len(xs)})", color=colours.get(mode, OTHER))
         ax.set_title(wl, fontsize=10)
         ax.set_xlabel(f"{metric.removesuffix('_ms')} (ms)")
         ax.set_ylabel("fraction of invocations")
@@ -58,12 +127,12 @@ def latency_cdf(data: RecordData, modes: Sequence[str], workloads: Sequence[str]
         axes[j // cols][j % cols].axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out, dpi=DPI)
-    plt.close(fig)
+    save(fig, out)
     return True
 
 
-def memory_instances(data: RecordData, modes: Sequence[str], out: Path) -> bool:
+def memory_instances(data: RecordData, modes: Sequence[str], out: Path, colours: Mapping[str, str] | None = None) -> bool:
+    colours = colours or mode_colours(modes)
     series: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in data.all_invocations():
         m = r.get("metrics") or {}
@@ -80,17 +149,25 @@ def memory_instances(data: RecordData, modes: Sequence[str], out: Path) -> bool:
     if not series:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    markers = "osD^v<>p*h"
+    per_mode: dict[str, int] = defaultdict(int)  # workloads of one mode: one colour, other markers
     for label in sorted(series, key=lambda s: [modes.index(s.split(" / ")[0]) if s.split(" / ")[0] in modes else 99, s]):
         pts = sorted(series[label].items())
-        ax.plot([x for x, _ in pts], [stats.percentile(ys, 50) for _, ys in pts], marker="o", label=label)
+        mode = label.split(" / ")[0]
+        xs = [x for x, _ in pts]
+        meds = [stats.percentile(ys, 50) for _, ys in pts]
+        errs = [_err(ys, m) for (_, ys), m in zip(pts, meds, strict=True)]
+        ax.errorbar(xs, meds, yerr=[[e[0] for e in errs], [e[1] for e in errs]], capsize=3,
+                    marker=markers[per_mode[mode] % len(markers)], label=label, color=colours.get(mode, OTHER))
+        per_mode[mode] += 1
+    set_sweep_axis(ax, [x for pts in series.values() for x in pts])
     ax.set_xlabel("instances")
-    ax.set_ylabel("memory (MiB, median)")
+    ax.set_ylabel("memory (MiB, median, 95% CI)")
     ax.set_title("Memory against number of instances")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=DPI)
-    plt.close(fig)
+    save(fig, out)
     return True
 
 
@@ -110,6 +187,7 @@ def merge_order(orders: Sequence[Sequence[str]]) -> list[str]:
 
 def startup_breakdown(data: RecordData, modes: Sequence[str], workloads: Sequence[str], out: Path) -> bool:
     bars: list[tuple[str, dict[str, float]]] = []
+    samples: list[dict[str, list[float]]] = []  # per bar, the values behind each median (error bars)
     orders: dict[tuple[str, ...], None] = {}
     for mode in modes:
         for wl in workloads:
@@ -131,6 +209,7 @@ def startup_breakdown(data: RecordData, modes: Sequence[str], workloads: Sequenc
                     per_phase["transport"].append(max(0.0, tr))  # clocks apart: never below 0
             if per_phase:
                 bars.append((f"{mode}\n{wl}", {k: stats.percentile(v, 50) for k, v in per_phase.items()}))
+                samples.append(dict(per_phase))
     if not bars:
         return False
     fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(bars) + 2), 4.4))
@@ -140,28 +219,42 @@ def startup_breakdown(data: RecordData, modes: Sequence[str], workloads: Sequenc
     for i, phase in enumerate(parts):
         heights = [b[1].get(phase, 0.0) for b in bars]
         ax.bar(range(len(bars)), heights, bottom=bottoms, label=phase, color=cmap(i % cmap.N))
+        # each segment's median with its interval, drawn at the segment's top
+        errs = [_err(smp.get(phase, []), h) for smp, h in zip(samples, heights, strict=True)]
+        tops = [a + h if phase in smp else math.nan for a, h, smp in zip(bottoms, heights, samples, strict=True)]
+        ax.errorbar(range(len(bars)), tops,  # NaN: no such part in that bar, no error bar
+                    yerr=[[e[0] for e in errs], [e[1] for e in errs]], fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
         bottoms = [a + h for a, h in zip(bottoms, heights, strict=True)]
     ax.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
-    ax.set_ylabel("median time (ms)")
+    ax.set_ylabel("median time (ms), 95% CI of each part")
     ax.set_title("Startup breakdown")
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=DPI)
-    plt.close(fig)
+    save(fig, out)
     return True
 
 
 def render(records: Sequence[dict[str, Any]], modes: Sequence[str], workloads: Sequence[str], out_dir: Path) -> list[str]:
-    """Write the plots the data supports; returns their file names."""
+    """Write the plots the data supports (PNG, PDF and SVG); returns the PNGs' file names."""
     data = RecordData(records)
+    colours = mode_colours(modes)
     made = []
-    if latency_cdf(data, modes, workloads, out_dir / "latency_cdf.png"):
+    if latency_cdf(data, modes, workloads, out_dir / "latency_cdf.png", colours=colours):
         made.append("latency_cdf.png")
-    if latency_cdf(data, modes, workloads, out_dir / "e2e_cdf.png", "e2e_ms", "Start to first answer (e2e_ms) CDF per mode"):
+    if latency_cdf(data, modes, workloads, out_dir / "e2e_cdf.png", "e2e_ms", "Start to first answer (e2e_ms) CDF per mode",
+                   colours):
         made.append("e2e_cdf.png")
-    if memory_instances(data, modes, out_dir / "memory_instances.png"):
+    if memory_instances(data, modes, out_dir / "memory_instances.png", colours):
         made.append("memory_instances.png")
     if startup_breakdown(data, modes, workloads, out_dir / "startup_breakdown.png"):
         made.append("startup_breakdown.png")
     return made
+
+
+def redraw(folder: Path, summary: Mapping[str, Any]) -> list[str]:
+    """The plots of a results folder drawn again from its raw.jsonl (modes and workloads in the
+    order of its summary.json)."""
+    modes = list(summary.get("modes", {}))
+    workloads = list(dict.fromkeys(wl for m in summary.get("modes", {}).values() for wl in m.get("workloads", {})))
+    return render(results.read_raw(folder / results.RAW), modes, workloads, folder)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
+
+# compare lives in compare.py; these names stay reachable as report.compare etc.
+from testbed.scenario.output.compare import Difference as Difference
+from testbed.scenario.output.compare import compare as compare
+from testbed.scenario.output.compare import compare_table as compare_table
 
 STAT_COLUMNS = ("median", "mean", "p50", "p90", "p99", "min", "max")
 
@@ -43,7 +47,9 @@ def metric_rows(summary: dict[str, Any], workload: str) -> list[list[str]]:
         for metric, st in w.get("metrics", {}).items():
             if not st.get("count"):
                 continue
-            rows.append([mode, str(w["count"]), str(w["errors"]), metric, *(_fmt(st.get(c)) for c in STAT_COLUMNS)])
+            ci = (w.get("ci") or {}).get(metric) or {}
+            rows.append([mode, str(w["count"]), str(w["errors"]), metric,
+                         *(_with_ci(st.get(c), ci.get(c)) for c in STAT_COLUMNS)])
     return rows
 
 
@@ -56,6 +62,35 @@ EXECUTOR_KEYS = ("dispatch_ms_median", "transport_ms_median", "lateness_ms_media
 
 def executor_row(ex: dict[str, Any]) -> list[str]:
     return [str(ex.get("invocations", 0)), *(_fmt(ex.get(k), 3) for k in EXECUTOR_KEYS)]
+
+
+def _with_ci(value: Any, ci: Any) -> str:
+    """"median [lo, hi]" when summary.json has the bootstrap interval of that statistic."""
+    if isinstance(ci, list) and len(ci) == 2 and value is not None:
+        return f"{_fmt(value)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+    return _fmt(value)
+
+
+def repetition_rows(summary: dict[str, Any], workload: str) -> list[list[str]]:
+    """Per mode and metric with more than one repetition: each repetition's median, and the
+    spread of the repetitions' medians and P99s (mean +- sd, min to max)."""
+    rows = []
+    for mode, entry in summary.get("modes", {}).items():
+        w = entry.get("workloads", {}).get(workload) or {}
+        for metric, r in (w.get("repetitions") or {}).items():
+            reps = r.get("reps") or []
+            if len(reps) < 2:
+                continue
+            cells = [mode, metric, str(len(reps)), " / ".join(_fmt(x.get("median")) for x in reps)]
+            for name in ("median", "p99"):
+                sp = r.get(name) or {}
+                cells.append(f"{_fmt(sp.get('mean'))} +- {_fmt(sp.get('sd'))} ({_fmt(sp.get('min'))} to {_fmt(sp.get('max'))})")
+            rows.append(cells)
+    return rows
+
+
+REPETITION_HEADER = ("mode", "metric", "repetitions", "median per repetition", "median across repetitions",
+                     "p99 across repetitions")
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -100,10 +135,14 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], failures: Sequence[d
         out.append("")
     out.append("## Metrics per workload\n")
     out.append("Times in ms; statistics over measured invocations that succeeded (warm-up excluded); "
-               "percentiles interpolate linearly between ranks.\n")
+               "percentiles interpolate linearly between ranks; [lo, hi]: bootstrap 95% confidence interval "
+               "(percentile method, 2,000 resamples, fixed seed).\n")
     for wl in _workloads(summary):
         out.append(f"### {wl}\n")
         out.append(_md_table(METRIC_HEADER, metric_rows(summary, wl)))
+        if reps := repetition_rows(summary, wl):
+            out.append("Each repetition on its own (the run-to-run spread the pooled figures above hide):\n")
+            out.append(_md_table(REPETITION_HEADER, reps))
     out.append("## Memory per mode\n")
     out.append("Used memory (MemTotal - MemAvailable) on the unit's nodes, highest seen during the unit, "
                "summed over nodes; median over units.\n")
@@ -164,73 +203,3 @@ def tables(summary: dict[str, Any], title: str = "") -> list[Table]:
                       escape("; ".join(a.get("failed", [])) or a.get("detail", "")))
         out.append(t)
     return out
-
-
-# --- compare --------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Difference:
-    mode: str
-    workload: str  # "" for per-mode values (memory)
-    metric: str
-    stat: str
-    old: float | None
-    new: float | None
-    regression: bool
-
-    @property
-    def change(self) -> float | None:
-        if self.old is None or self.new is None or self.old == 0:
-            return None
-        return (self.new - self.old) / abs(self.old)
-
-
-def _worse(old: float | None, new: float | None, threshold: float, higher_better: bool) -> bool:
-    if old is None or new is None:
-        return False
-    if higher_better:
-        return new < old - threshold * abs(old)
-    if old == 0:
-        return new > 0
-    return new > old + threshold * abs(old)
-
-
-def compare(old: dict[str, Any], new: dict[str, Any], threshold: float = 0.10,
-            stats: Sequence[str] = ("median", "p99"), higher_better: Sequence[str] = ()) -> list[Difference]:
-    """Every (mode, workload, metric, statistic) in both summaries, plus error rates and memory.
-    A regression: worse by more than threshold (a fraction of the old value); every metric is
-    taken as lower-is-better unless named in higher_better. Error rates regress on any rise."""
-    out: list[Difference] = []
-    for mode, n_entry in new.get("modes", {}).items():
-        o_entry = old.get("modes", {}).get(mode)
-        if o_entry is None:
-            continue
-        for wl, nw in n_entry.get("workloads", {}).items():
-            ow = o_entry.get("workloads", {}).get(wl)
-            if ow is None:
-                continue
-            for metric, nst in nw.get("metrics", {}).items():
-                ost = ow.get("metrics", {}).get(metric)
-                if ost is None:
-                    continue
-                for st in stats:
-                    o, n = ost.get(st), nst.get(st)
-                    out.append(Difference(mode, wl, metric, st, o, n, _worse(o, n, threshold, metric in higher_better)))
-            o, n = ow.get("error_rate"), nw.get("error_rate")
-            out.append(Difference(mode, wl, "error_rate", "", o, n, o is not None and n is not None and n > o))
-        for key in ("memory_kb",):
-            o, n = o_entry.get(key), n_entry.get(key)
-            if o is not None or n is not None:
-                out.append(Difference(mode, "", key, "median", o, n, _worse(o, n, threshold, False)))
-    return out
-
-
-def compare_table(diffs: Sequence[Difference], old_name: str, new_name: str) -> Table:
-    t = Table(title=f"{old_name} -> {new_name}")
-    for col in ("mode", "workload", "metric", "stat", "old", "new", "change", ""):
-        t.add_column(col, justify="right" if col in ("old", "new", "change") else "left")
-    for d in diffs:
-        ch = d.change
-        t.add_row(escape(d.mode), escape(d.workload), escape(d.metric), d.stat, _fmt(d.old), _fmt(d.new),
-                  "-" if ch is None else f"{ch * 100:+.1f}%", "[red]REGRESSION[/]" if d.regression else "")
-    return t

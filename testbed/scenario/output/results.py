@@ -155,6 +155,14 @@ class RecordData:
                 out.append(float(v))
         return out
 
+    def values_by_rep(self, mode: str, workload: str, metric: str) -> dict[int, list[float]]:
+        out: dict[int, list[float]] = defaultdict(list)
+        for r in self.invocations.get((mode, workload), []):
+            v = (r.get("metrics") or {}).get(metric)
+            if r.get("ok") and isinstance(v, int | float) and not isinstance(v, bool):
+                out[int(r.get("rep", 0))].append(float(v))
+        return dict(out)
+
     def counts(self, mode: str, workload: str) -> tuple[int, int]:
         recs = self.invocations.get((mode, workload), [])
         return len(recs), sum(1 for r in recs if not r.get("ok"))
@@ -177,6 +185,8 @@ def _round(value: Any) -> Any:
         return round(value, 4)
     if isinstance(value, dict):
         return {k: _round(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_round(v) for v in value]
     return value
 
 
@@ -195,7 +205,11 @@ def summarize(records: Sequence[dict[str, Any]], modes: Sequence[str], workloads
                 "count": n, "errors": errors, "error_rate": errors / n if n else None,
                 "warmup": data.warmups.get((mode, wl), 0),
                 "memory_kb": data.memory(mode, wl, False), "memory_delta_kb": data.memory(mode, wl, True),
-                "metrics": {m: stats.describe(data.values(mode, wl, m)) for m in metrics}}
+                "metrics": {m: stats.describe(data.values(mode, wl, m)) for m in metrics},
+                # bootstrap 95% intervals of median and P99 over all invocations, and each
+                # repetition on its own with the spread across repetitions (stats.py)
+                "ci": {m: stats.intervals(data.values(mode, wl, m)) for m in metrics},
+                "repetitions": {m: stats.by_repetition(data.values_by_rep(mode, wl, m)) for m in metrics}}
         out["modes"][mode] = entry
     invs = [r for r in records if r.get("type") == "invocation"]
 
