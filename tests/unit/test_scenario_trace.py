@@ -80,3 +80,25 @@ def test_azure_samples_match_their_provenance_note() -> None:
     assert set(listed) == {"azure2019-sample.csv", "azure2021-sample.csv"}
     for name, digest in listed.items():
         assert hashlib.sha256((TRACES / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_a_drawn_trace_follows_the_scenario_seed(tmp_path: Path) -> None:
+    # Azure 2019 counts are spread over each minute from the scenario's seed: another seed,
+    # other times; the same seed, the same times.
+    from testbed.scenario.spec import schema
+
+    import shutil
+
+    (tmp_path / "traces").mkdir()
+    shutil.copy(TRACES / "azure2019-sample.csv", tmp_path / "traces")
+    text = (TRACES.parent / "azure-replay.yaml").read_text()
+    text = text.replace("traces/azure2021-sample.csv", "traces/azure2019-sample.csv")
+    text = text.replace("../testbeds/", f"{TRACES.parent.parent / 'testbeds'}/")
+
+    def times(seed: int) -> list[float]:
+        f = tmp_path / f"s{seed}.yaml"
+        f.write_text(text.replace("seed: 7", f"seed: {seed}"))
+        scn = schema.load(f)
+        return [t for t, _ in scn.workloads[0].arrival.trace]
+
+    assert times(7) == times(7) and times(7) != times(8)

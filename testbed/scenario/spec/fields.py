@@ -169,7 +169,8 @@ def trace_path(doc: Document, kp: KeyPath, value: str, base: Path) -> Path:
     return real
 
 
-def parse_arrival(doc: Document, kp: KeyPath, value: Any, base: Path) -> Arrival:
+def parse_arrival(doc: Document, kp: KeyPath, value: Any, base: Path, seed: int = 0) -> Arrival:
+    # seed: the scenario's, so a trace whose times are drawn (Azure 2019 per-minute counts) follows it
     if value is None:
         raise doc.error(kp, "missing: e.g. {pattern: fixed, count: 10} or {pattern: poisson, rate: 2, duration: 10s}")
     raw = from_mapping(doc, RawArrival, value, kp)
@@ -209,6 +210,6 @@ def parse_arrival(doc: Document, kp: KeyPath, value: Any, base: Path) -> Arrival
     trace_file = None
     if raw.file is not None:
         path = trace_path(doc, (*kp, "file"), raw.file, base)
-        trace, trace_file = arrivals.load_trace(path, MAX_TRACE_BYTES), str(path)
+        trace, trace_file = arrivals.load_trace(path, MAX_TRACE_BYTES, seed=seed), str(path)
     return Arrival(raw.pattern, raw.count, interval, raw.clients or 1, duration, raw.rate, trace_file, trace,
                    raw.speed or 1.0, raw.limit, raw.max_inflight or 32)

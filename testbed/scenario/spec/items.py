@@ -73,7 +73,8 @@ def sweep_values(doc: Document, kp: KeyPath, value: Any) -> list[dict[str, Scala
     return [dict(combo) for combo in itertools.product(*axes)]
 
 
-def parse_workloads(doc: Document, value: Any, topo: Topology, base: Path, timeout: float) -> list[tuple[Workload, KeyPath]]:
+def parse_workloads(doc: Document, value: Any, topo: Topology, base: Path, timeout: float,
+                    seed: int = 0) -> list[tuple[Workload, KeyPath]]:
     kp: KeyPath = ("workloads",)
     if not isinstance(value, list) or not value:
         raise doc.error(kp, "expected a non-empty list of workloads")
@@ -91,7 +92,7 @@ def parse_workloads(doc: Document, value: Any, topo: Topology, base: Path, timeo
             raise doc.error((*wkp, "name"), f"duplicate workload name {name!r}")
         seen.add(name)
         kind, spec = kind_of(doc, wkp, raw, WORKLOAD_KEYS)
-        arrival = parse_arrival(doc, (*wkp, "arrival"), raw.get("arrival"), base)
+        arrival = parse_arrival(doc, (*wkp, "arrival"), raw.get("arrival"), base, seed)
         placement = parse_placement(doc, (*wkp, "placement"), raw.get("placement"), topo)
         params = parse_params(doc, (*wkp, "params"), raw.get("params"))
         wtimeout = seconds(doc, (*wkp, "timeout"), raw["timeout"]) if "timeout" in raw else timeout

@@ -106,7 +106,7 @@ def parse(doc: Document) -> Scenario:
         topo.nodes[0].name, tuple(n.name for n in topo.nodes))
     setup = parse_steps(doc, ("setup",), raw.setup, topo, timeout)
     modes = parse_modes(doc, raw.modes, topo, timeout)
-    wl = parse_workloads(doc, raw.workloads, topo, base, timeout)
+    wl = parse_workloads(doc, raw.workloads, topo, base, timeout, raw.seed)
     workloads = tuple(w for w, _ in wl)
     for i, m in enumerate(raw.metrics):
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_.]*$", m):
