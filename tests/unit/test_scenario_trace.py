@@ -85,9 +85,9 @@ def test_azure_samples_match_their_provenance_note() -> None:
 def test_a_drawn_trace_follows_the_scenario_seed(tmp_path: Path) -> None:
     # Azure 2019 counts are spread over each minute from the scenario's seed: another seed,
     # other times; the same seed, the same times.
-    from testbed.scenario.spec import schema
-
     import shutil
+
+    from testbed.scenario.spec import schema
 
     (tmp_path / "traces").mkdir()
     shutil.copy(TRACES / "azure2019-sample.csv", tmp_path / "traces")
