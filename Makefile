@@ -39,7 +39,7 @@ demo: deps image qemu
 	$(PY) -m testbed demo -f testbeds/two-node.yaml
 
 lint: venv
-	$(VENV)/bin/ruff check testbed tests guest-agent bench
+	$(VENV)/bin/ruff check testbed tests guest-agent bench protocol
 	$(VENV)/bin/mypy
 
 test-unit: venv

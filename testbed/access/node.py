@@ -99,6 +99,12 @@ class GuestNode:
     def open(self) -> None:
         self._conn.open()
 
+    def open_channel(self, command: str, timeout: float) -> paramiko.Channel:
+        self._conn.open()
+        chan: paramiko.Channel = self._conn.transport.open_session(timeout=timeout)
+        chan.exec_command(command)
+        return chan
+
     def run(self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
             stream: bool = False) -> Result:
         cmd = f"{shlex.join(argv)} </dev/null"  # stdin closed, as for host commands

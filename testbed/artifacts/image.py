@@ -27,6 +27,7 @@ MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
 ROOTFS_SIZE = "4G"
 AGENT_DIR = paths.REPO / "guest-agent"
+PROTOCOL_DIR = paths.REPO / "protocol" / "tbproto"  # the wire types tbagent imports
 CRIU_MMT = paths.REPO / "criu-mmt"
 
 
@@ -55,7 +56,7 @@ def kernel_uapi() -> list[Path]:
 
 def image_key(name: str) -> str:
     recipe = paths.REPO / "images" / name
-    return cache.hash_files([recipe, AGENT_DIR / "tbagent", AGENT_DIR / "native", CRIU_MMT, *kernel_uapi()], paths.REPO,
+    return cache.hash_files([recipe, AGENT_DIR / "tbagent", PROTOCOL_DIR, AGENT_DIR / "native", CRIU_MMT, *kernel_uapi()], paths.REPO,
                             [rootfs_key(name), ROOTFS_SIZE, Path(__file__).read_text()])[:12]
 
 
@@ -86,6 +87,8 @@ def _customise(root: Path, name: str) -> None:
         key.unlink()
     agent = root / "usr" / "lib" / "python3" / "dist-packages" / "tbagent"
     shutil.copytree(AGENT_DIR / "tbagent", agent, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(PROTOCOL_DIR, agent.with_name("tbproto"), dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__"))
     # The cache-maintenance helper for non-coherent shared CXL memory (host and guest are
     # both bookworm x86-64, so the host compiler builds it for the guest).

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.access.agent import AgentError, AgentSession
+from testbed.access.agent import AgentClient, AgentError
 from testbed.lifecycle import daemons, names
 from testbed.ui.pytest_plugin import Testbed
 
@@ -82,7 +82,7 @@ def populated(empty_store: Testbed) -> Testbed:
 
 
 def test_format_and_agent_session(empty_store: Testbed) -> None:
-    with AgentSession(empty_store.node("node0")) as agent:
+    with AgentClient(empty_store.node("node0")) as agent:
         assert agent.request("ping")["protocol"] == 1
         geo = agent.request("store.format", mhd="mhd0", slots=64)
         assert geo["heads"] == 2
