@@ -63,9 +63,25 @@ def client(answer: Any, timeout: float = 5) -> tuple[AgentClient, Agent]:
     return c, agent
 
 
+def recorded(op: str) -> dict[str, Any]:
+    return next(json.loads(e["reply"]) for e in TRANSCRIPT if json.loads(e["request"])["op"] == op and "error" not in e)
+
+
 def replay(entries: list[dict[str, Any]]) -> tuple[AgentClient, Agent]:
+    """A client that has opened its session as the recorded one did (the ping and catalog of
+    the handshake, answered with the recorded replies), then gets `entries`' replies in turn."""
     it = iter(entries)
-    return client(lambda _line: [next(it)["reply"].encode()])
+    handshake = iter([recorded("ping"), recorded("catalog")])
+
+    def answer(line: bytes) -> list[bytes]:
+        rid = json.loads(line)["id"]
+        if rid <= 2:
+            return [json.dumps({**next(handshake), "id": rid}).encode() + b"\n"]
+        return [next(it)["reply"].encode()]
+
+    c, agent = client(answer)
+    c.handshake()  # the real agent's catalogue is this host's
+    return c, agent
 
 
 def test_transcript_covers_results_and_every_error_kind() -> None:
