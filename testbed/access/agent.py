@@ -77,7 +77,8 @@ class AgentClient:
         self.check = check
         self.tap: Callable[[str, bytes], None] | None = None  # sees every line sent ("sent") and received ("received")
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()  # guards _pending, _failure and the writer
+        self._lock = threading.Lock()  # guards _pending and _failure
+        self._write_lock = threading.Lock()  # one request line at a time on the channel
         self._pending: dict[int, tuple[str, Future[Reply]]] = {}
         self._failure: Unreachable | None = None
         self._chan: Channel | None = None
@@ -177,18 +178,20 @@ class AgentClient:
                 raise Unreachable(f"{self.name}: the agent session is not open")
             rid = next(self._ids)
             self._pending[rid] = (op, fut)
-            line = Request(rid, op, dict(args or {})).line().encode()
-            try:
+        line = Request(rid, op, dict(args or {})).line().encode()
+        # Writing holds its own lock, not the one the reader needs: a write that waits for the
+        # channel's window must not stop the replies that open it from being read.
+        try:
+            with self._write_lock:
                 self._writer.write(line)
                 self._writer.flush()
-            except Exception as exc:
-                failure = Unreachable(f"{self.name}: agent {op}: cannot send: {exc or type(exc).__name__}")
-                failure.__cause__ = exc
-                self._pending.pop(rid, None)
-                self._failure = self._failure or failure
-                raise failure from exc
-            if self.tap is not None:
-                self.tap("sent", line)
+        except Exception as exc:
+            failure = Unreachable(f"{self.name}: agent {op}: cannot send: {exc or type(exc).__name__}")
+            failure.__cause__ = exc
+            self._fail(failure)
+            raise failure from exc
+        if self.tap is not None:
+            self.tap("sent", line)
         wait = self.timeout if timeout is None else timeout
         try:
             reply = fut.result(timeout=wait)
