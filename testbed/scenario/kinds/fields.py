@@ -9,13 +9,13 @@ import statistics
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from tbproto import catalog
 from tbproto.codec import decode_as, encode
 from tbproto.ops import OPS, Mode, Placement, Policy
 
-from testbed.access.agent import AgentError
+from testbed.access.agent import AgentError, Exchange
 from testbed.config.yamlfile import Document, KeyPath, string_keys
 from testbed.errors import NodeError
 from testbed.scenario.kinds.base import Failure, placeholders, substitute_value
@@ -151,6 +151,12 @@ def env_of(doc: Document, kp: KeyPath, value: Any) -> dict[str, str] | None:
 
 # --- agent calls ------------------------------------------------------------------------------
 
+class Exchanger(Protocol):
+    """What the kinds need of an agent session (AgentClient, or a test's fake)."""
+
+    def exchange(self, op: str, args: Mapping[str, Any] | None = None, timeout: float | None = None) -> Exchange: ...
+
+
 class Refused(Exception):
     """The agent answered with an error (recorded as a failed invocation, the run goes on)."""
 
@@ -166,7 +172,7 @@ class Answer:
     agent_ms: float | None  # the agent's own time for the op
 
 
-def request(agent: Any, op: str, **args: Any) -> Answer:
+def request(agent: Exchanger, op: str, **args: Any) -> Answer:
     """One agent request; Refused when the agent answers an error, Failure when the session or
     the node fails."""
     t0 = time.perf_counter()
@@ -181,7 +187,7 @@ def request(agent: Any, op: str, **args: Any) -> Answer:
     return Answer(ex.result, (time.perf_counter() - t0) * 1e3, ex.op_ms)
 
 
-def call(agent: Any, req: object, timeout: float | None = None) -> Answer:
+def call(agent: Exchanger, req: object, timeout: float | None = None) -> Answer:
     """A typed request (a tbproto request object): the Answer's result is the op's reply type.
     Refused and Failure as for request(); ProtocolError when the reply does not decode."""
     op = next(o for o in OPS.values() if o.request is type(req))

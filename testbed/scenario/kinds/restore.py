@@ -57,6 +57,7 @@ from testbed.scenario.kinds.fields import (
     NO_SANDBOX,
     SANDBOX_MODES,
     SANDBOXES,
+    Exchanger,
     Refused,
     as_int,
     check_fields,
@@ -333,7 +334,7 @@ class RestoreKind(Kind):
     def prepare(self, session: Any, spec: Any, values: Mapping[str, object], timeout: float) -> Outcome:
         return self._take(session, spec, values, replace_any=False)
 
-    def _take(self, agent: Any, spec: RestoreSpec, values: Mapping[str, object], replace_any: bool) -> Outcome:
+    def _take(self, agent: Exchanger, spec: RestoreSpec, values: Mapping[str, object], replace_any: bool) -> Outcome:
         """Take the snapshot on this node. replace_any=False (a workload's prepare): keep one this
         run took with the same function, env and warm-up; replace any other of that name."""
         snap = self.snapshot_name(spec, values)
@@ -375,7 +376,7 @@ class RestoreKind(Kind):
         res.update(snapshot=snap, reused=False, replaced=existing is not None)
         return Outcome(True, (time.perf_counter() - t0) * 1e3, result=res)
 
-    def ensure_prepared(self, agent: Any, values: Mapping[str, object], mhd: str, snap: str, full: bool) -> str | None:
+    def ensure_prepared(self, agent: Exchanger, values: Mapping[str, object], mhd: str, snap: str, full: bool) -> str | None:
         """snap.prepare on this node once per run (per snapshot taken): an error message or None."""
         run, node = self.run_state(values), str(values.get("node", ""))
         key = (node, mhd, snap, full)
@@ -437,7 +438,7 @@ class RestoreKind(Kind):
         ok, error, result, node_ms = run_result(answer.result, count)
         return Outcome(ok, answer.ms, node_ms, None, result, error)
 
-    def _dedup(self, agent: Any, spec: RestoreSpec, values: Mapping[str, object], snap: str, mode: str, count: int,
+    def _dedup(self, agent: Exchanger, spec: RestoreSpec, values: Mapping[str, object], snap: str, mode: str, count: int,
                event: Any) -> Outcome:
         args: dict[str, Any] = {"name": snap, "mode": mode, "count": count, "mhd": spec.mhd}
         if event is not None:
