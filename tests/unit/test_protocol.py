@@ -8,6 +8,8 @@ import io
 import json
 import threading
 import time
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -150,3 +152,20 @@ def test_requests_run_concurrently_and_replies_carry_their_ids(monkeypatch: pyte
     most[0] = 0
     _serve(lines, max_inflight=2)
     assert most[0] == 2
+
+
+def test_the_image_key_covers_tbproto(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guest image carries tbproto next to tbagent: a protocol change must rebuild it."""
+    from testbed.artifacts import cache, image
+
+    hashed: list[Path] = []
+    real = cache.hash_files
+
+    def spy(paths: Iterable[Path], root: Path, extra: Iterable[str] = ()) -> str:
+        paths = list(paths)
+        hashed.extend(paths)
+        return real(paths, root, extra)
+
+    monkeypatch.setattr(cache, "hash_files", spy)
+    image.image_key("bookworm")
+    assert image.PROTOCOL_DIR in hashed and (image.PROTOCOL_DIR / "envelope.py").is_file()
