@@ -268,6 +268,7 @@ def test_run_flattens_the_records(tmp_path: Path) -> None:
     assert r["node_used_delta_kib"] == 2 * 10240 + 100 and r["local_kib_per_instance"] == 10290  # the node's view
     assert r["phases"] == {"restore_ms": 70.0, "ready_ms": 30.5, "first_request_ms": 5.0}
     assert len(r["records"]) == 2 and r["summary"]["instances"] == 2
+    assert r["agent_ms"] == 0.5  # the agent's own time for snap.run, from the reply's timing
     assert out.function_ms is None  # two instances: no single time on the node
     # Prepared on node1 first (full image set for criu), outside the measured request; once.
     assert agents.ops("snap.prepare") == [("node1", {"name": "snap-hello", "mhd": "mhd0", "full": True})]
@@ -419,6 +420,7 @@ def test_sandbox_kind_runs_pool_and_fresh(tmp_path: Path) -> None:
                                                    "function_init_ms": 20.0, "run_ms": 2.0})
     assert pool.result["sandbox_ms"] == pytest.approx(11.0) and pool.result["startup_ms"] == pytest.approx(31.0)
     assert pool.result["teardown_ms"] == pytest.approx(3.0) and pool.result["first_request_ms"] == pytest.approx(4.0)
+    assert pool.result["agent_ms"] == pool.function_ms and pool.function_ms >= 10.0  # the agent's time for the op
     fresh = kind.invoke(agent, spec, values(sandbox="fresh"), 60)
     assert agent.calls[-1] == ("sandbox.fresh", {"function": "hello", "event": {"name": "x"}})
     assert fresh.ok and fresh.result is not None and fresh.result["sandbox_ms"] == pytest.approx(161.0)

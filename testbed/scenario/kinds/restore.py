@@ -436,6 +436,8 @@ class RestoreKind(Kind):
         except Refused as exc:
             return Outcome(False, exc.ms, error=str(exc))
         ok, error, result, node_ms = run_result(answer.result, count)
+        if answer.agent_ms is not None:  # the guest's own time for the op: latency_ms minus it is transport
+            result["agent_ms"] = answer.agent_ms
         return Outcome(ok, answer.ms, node_ms, None, result, error)
 
     def _dedup(self, agent: Exchanger, spec: RestoreSpec, values: Mapping[str, object], snap: str, mode: str, count: int,

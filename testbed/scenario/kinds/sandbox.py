@@ -209,4 +209,6 @@ class SandboxKind(Kind):
             return Outcome(True, answer.ms, answer.agent_ms, None, result)
         sandbox = proto.Placement.FRESH if isinstance(req, proto.SandboxRunFresh) else proto.Placement.POOL
         ok, error, result = sandbox_result(answer.result, sandbox.value)
+        if answer.agent_ms is not None:  # the guest's own time for the op: latency_ms minus it is transport
+            result["agent_ms"] = answer.agent_ms
         return Outcome(ok, answer.ms, answer.agent_ms, None, result, error)
