@@ -7,9 +7,10 @@ import json
 import sys
 from typing import Any
 
+from tbproto.ops import Mode
+
 from tbagent.errors import command
 from tbagent.snap import runs, snapshot
-from tbagent.snap.instance import Mode
 
 
 def _json_arg(text: str) -> dict[str, Any]:
