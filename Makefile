@@ -39,7 +39,8 @@ demo: deps image qemu
 	$(PY) -m testbed demo -f testbeds/two-node.yaml
 
 lint: venv
-	$(VENV)/bin/ruff check testbed tests guest-agent bench
+	$(VENV)/bin/ruff check testbed tests guest-agent bench protocol scripts/import-graph setup.py
+	scripts/import-graph >/dev/null
 	$(VENV)/bin/mypy
 
 test-unit: venv

@@ -6,7 +6,10 @@ import argparse
 import importlib
 import sys
 
+from tbproto.errors import exit_code
+
 from tbagent import __version__
+from tbagent.errors import code_of
 
 # Feature modules; each defines register(subparsers) and sets `fn` defaults on its parsers.
 FEATURES = ("tbagent.info", "tbagent.dax", "tbagent.store.cli", "tbagent.serve", "tbagent.sandbox", "tbagent.snap.cli")
@@ -27,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.fn(args))
     except (ValueError, OSError) as exc:
         print(f"tbagent: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(code_of(exc))
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ log = logging.getLogger("testbed")
 MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
 ROOTFS_SIZE = "4G"
-AGENT_DIR = paths.REPO / "guest-agent"
-CRIU_MMT = paths.REPO / "criu-mmt"
+AGENT_DIR = paths.DATA / "guest-agent"
+PROTOCOL_DIR = paths.DATA / "protocol" / "tbproto"  # the wire types tbagent imports
+CRIU_MMT = paths.DATA / "criu-mmt"
 
 
 @dataclass(frozen=True)
@@ -38,24 +39,24 @@ class Image:
 
 
 def packages(name: str) -> list[str]:
-    recipe = paths.REPO / "images" / name / "packages.txt"
+    recipe = paths.DATA / "images" / name / "packages.txt"
     if not recipe.exists():
         raise UserError(f"unknown image {name!r}: {recipe} does not exist")
     return [ln.split("#")[0].strip() for ln in recipe.read_text().splitlines() if ln.split("#")[0].strip()]
 
 
 def rootfs_key(name: str) -> str:
-    return cache.hash_files([], paths.REPO, [SUITE, MIRROR, "minbase", *packages(name)])[:12]
+    return cache.hash_files([], paths.DATA, [SUITE, MIRROR, "minbase", *packages(name)])[:12]
 
 
 def kernel_uapi() -> list[Path]:
     """The patch that carries include/uapi/linux/mm_template.h (the plugin is built with it)."""
-    return sorted((paths.REPO / "kernel-patches").glob("*-mm-add-the-mm-template-interface.patch"))
+    return sorted((paths.DATA / "kernel-patches").glob("*-mm-add-the-mm-template-interface.patch"))
 
 
 def image_key(name: str) -> str:
-    recipe = paths.REPO / "images" / name
-    return cache.hash_files([recipe, AGENT_DIR / "tbagent", AGENT_DIR / "native", CRIU_MMT, *kernel_uapi()], paths.REPO,
+    recipe = paths.DATA / "images" / name
+    return cache.hash_files([recipe, AGENT_DIR / "tbagent", PROTOCOL_DIR, AGENT_DIR / "native", CRIU_MMT, *kernel_uapi()], paths.DATA,
                             [rootfs_key(name), ROOTFS_SIZE, Path(__file__).read_text()])[:12]
 
 
@@ -80,12 +81,14 @@ def build_rootfs(name: str) -> Path:
 
 
 def _customise(root: Path, name: str) -> None:
-    shutil.copytree(paths.REPO / "images" / name / "overlay", root, dirs_exist_ok=True, symlinks=True)
+    shutil.copytree(paths.DATA / "images" / name / "overlay", root, dirs_exist_ok=True, symlinks=True)
     # Host keys are provisioned per node at boot; the image must not carry shared ones.
     for key in (root / "etc" / "ssh").glob("ssh_host_*"):
         key.unlink()
     agent = root / "usr" / "lib" / "python3" / "dist-packages" / "tbagent"
     shutil.copytree(AGENT_DIR / "tbagent", agent, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(PROTOCOL_DIR, agent.with_name("tbproto"), dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__"))
     # The cache-maintenance helper for non-coherent shared CXL memory (host and guest are
     # both bookworm x86-64, so the host compiler builds it for the guest).

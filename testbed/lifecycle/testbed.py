@@ -27,13 +27,13 @@ from testbed.lifecycle import names, provision
 from testbed.lifecycle import state as st
 
 if TYPE_CHECKING:
-    from testbed.access.agent import AgentSession
+    from testbed.access.agent import Exchanger
 
 Up = Callable[[topo_mod.Topology, provision.Progress], tuple[st.State, bool]]
 Down = Callable[[str], object]
 # (node name, endpoint) -> the node, open for as long as the context lasts
 Connect = Callable[[str, remote.SshEndpoint], AbstractContextManager[remote.ChannelNode]]
-AgentFactory = Callable[[remote.ChannelNode, float], AbstractContextManager["AgentSession"]]
+AgentFactory = Callable[[remote.ChannelNode, float], AbstractContextManager["Exchanger"]]
 LoadState = Callable[[names.Layout], st.State | None]
 AGENT_TIMEOUT = 300.0  # seconds a reply of the agent may take
 
@@ -46,13 +46,13 @@ def connect_guest(name: str, endpoint: remote.SshEndpoint) -> Iterator[remote.Ch
         yield node
 
 
-def agent_session(node: remote.ChannelNode, timeout: float) -> AbstractContextManager[AgentSession]:
+def agent_session(node: remote.ChannelNode, timeout: float) -> AbstractContextManager[Exchanger]:
     # Imported here: the agent client is the access layer's business and changes apart from this.
-    from testbed.access.agent import AgentSession
+    from testbed.access.agent import AgentClient
 
     if not isinstance(node, remote.GuestNode):
         raise NodeError(f"{node.name}: the agent runs on guest nodes only")
-    return AgentSession(node, timeout)
+    return AgentClient(node, timeout)
 
 
 class Testbed:
@@ -72,7 +72,7 @@ class Testbed:
         self._agent_timeout = agent_timeout
         self._stack = ExitStack()
         self._nodes: dict[str, remote.ChannelNode] = {}
-        self._agents: dict[str, AgentSession] = {}
+        self._agents: dict[str, Exchanger] = {}
         self._lock = threading.Lock()  # guards the dicts and the stack, never held while connecting
         self._opening: dict[str, threading.Lock] = {}  # one per node or agent: connect each once
 
@@ -172,7 +172,7 @@ class Testbed:
     def exec(self, node: str, *argv: str, check: bool = True) -> remote.Result:
         return self.node(node).run(list(argv), check=check)
 
-    def agent(self, name: str) -> AgentSession:
+    def agent(self, name: str) -> Exchanger:
         """The node's one long-lived agent session, opened on first use."""
         node = self.node(name)
         with self._once(f"agent {name}"):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from testbed.config.topology import HostFacts, Topology
 
 if TYPE_CHECKING:
-    from testbed.access.agent import AgentSession
+    from testbed.access.agent import Exchanger
     from testbed.access.node import ChannelNode, SshEndpoint
     from testbed.lifecycle.names import Layout
     from testbed.lifecycle.sharing import SharingResult
@@ -109,7 +109,7 @@ def _connect(name: str, endpoint: SshEndpoint) -> AbstractContextManager[Channel
     return testbed.connect_guest(name, endpoint)
 
 
-def _agent(node: ChannelNode, timeout: float) -> AbstractContextManager[AgentSession]:
+def _agent(node: ChannelNode, timeout: float) -> AbstractContextManager[Exchanger]:
     from testbed.lifecycle import testbed
 
     return testbed.agent_session(node, timeout)

@@ -20,23 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from testbed.access.node import GuestNode
 from testbed.config import topology as topo_mod
-from testbed.lifecycle import testbed as lifecycle
-
-
-class Testbed(lifecycle.Testbed):
-    """What the fixture yields: a Testbed whose nodes are real guests. Transitional: the VM
-    tests that still import Testbed from here hand tb.node() to AgentSession, which takes a
-    GuestNode until the agent client takes any node with open_channel."""
-
-    __test__ = False
-
-    def node(self, name: str) -> GuestNode:
-        node = super().node(name)
-        if not isinstance(node, GuestNode):
-            raise TypeError(f"{name}: the fixture's nodes are guests, not {type(node).__name__}")
-        return node
+from testbed.lifecycle.testbed import Testbed
 
 
 def pytest_configure(config: pytest.Config) -> None:

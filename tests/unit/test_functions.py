@@ -11,13 +11,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tbagent.functions import CATALOG, spec
+from tbagent.sandbox import runner
+from tbagent.sandbox.cgroup import Limits
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "guest-agent"))
-
-from tbagent.functions import CATALOG, spec  # noqa: E402
-from tbagent.sandbox import runner  # noqa: E402
-from tbagent.sandbox.cgroup import Limits  # noqa: E402
 
 pytestmark = pytest.mark.unit
 

@@ -4,18 +4,15 @@ system calls monkeypatched out: skipping a step leaves exactly its kind of state
 from __future__ import annotations
 
 import copy
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tbagent.functions import dirty
+from tbagent.sandbox import isolation, zygote
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "guest-agent"))
-
-from tbagent.functions import dirty  # noqa: E402
-from tbagent.sandbox import isolation, zygote  # noqa: E402
 
 BASELINE = ["/", "/store", "/cg", "/dev", "/rw", "/proc"]
 

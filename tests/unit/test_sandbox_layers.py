@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
+from tbagent.functions import CATALOG, spec
+from tbagent.sandbox import layers
+from tbagent.sandbox.cgroup import Limits, parse_size
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "guest-agent"))
-
-from tbagent.functions import CATALOG, spec  # noqa: E402
-from tbagent.sandbox import layers  # noqa: E402
-from tbagent.sandbox.cgroup import Limits, parse_size  # noqa: E402
 
 
 def fake_root(tmp: Path) -> Path:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import socket
 import struct
-import sys
 from pathlib import Path
 
 import pytest
+from tbagent.sandbox import net
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "guest-agent"))
-
-from tbagent.sandbox import net  # noqa: E402
 
 
 def test_plan_gives_each_slot_its_own_link_local_30() -> None:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from tbagent.functions import spec
+from tbagent.sandbox import oci
+from tbagent.sandbox.cgroup import Limits
+from tbagent.sandbox.sandbox import limits_for
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "guest-agent"))
-
-from tbagent.functions import spec  # noqa: E402
-from tbagent.sandbox import oci  # noqa: E402
-from tbagent.sandbox.cgroup import Limits  # noqa: E402
-from tbagent.sandbox.sandbox import limits_for  # noqa: E402
 
 
 def test_full_config_is_the_pool_sandbox_as_a_bundle() -> None:

@@ -3,7 +3,6 @@ sandboxes whose cleanup failed, the test-only skip hook (no root, no VM)."""
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -11,12 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tbagent.sandbox import sandbox as sandbox_mod
+from tbagent.sandbox.pool import Exhausted, Pool, PoolConfig
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "guest-agent"))
-
-from tbagent.sandbox import sandbox as sandbox_mod  # noqa: E402
-from tbagent.sandbox.pool import Exhausted, Pool, PoolConfig  # noqa: E402
 
 
 class FakeSandbox:

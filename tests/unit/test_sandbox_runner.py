@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
+from tbagent.sandbox import bench, proto, runner
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "guest-agent"))
-
-from tbagent.sandbox import bench, proto, runner  # noqa: E402
 
 
 def start(handler: Path) -> tuple[int, object]:

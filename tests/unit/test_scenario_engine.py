@@ -7,12 +7,13 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from testbed.access.agent import Exchange
 from testbed.access.node import Result
 from testbed.config.topology import HostFacts, Topology
 from testbed.lifecycle import state as st
@@ -32,7 +33,7 @@ class SharedAgent:
         self.node, self.lock = node, threading.Lock()
         self.requests = self.inflight = self.most = 0
 
-    def request(self, op: str, **args: Any) -> Any:
+    def exchange(self, op: str, args: Mapping[str, Any] | None = None, timeout: float | None = None) -> Exchange:
         with self.lock:
             self.requests += 1
             self.inflight += 1
@@ -40,7 +41,7 @@ class SharedAgent:
         time.sleep(0.002)
         with self.lock:
             self.inflight -= 1
-        return {"op": op, "args": args, "node": self.node, "op_ms": 1.25}
+        return Exchange({"op": op, "args": dict(args or {}), "node": self.node}, 1.25)
 
 
 class FakeTestbed:

@@ -7,15 +7,15 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import libvirt_qemu
 import pytest
 
-from testbed.access.agent import AgentError
-from testbed.access.node import Result
+from testbed.access.agent import AgentError, Exchange
+from testbed.access.node import ChannelNode, Result
 from testbed.config.topology import HostFacts
 from testbed.errors import NodeError
 from testbed.lifecycle import cxlpath
@@ -89,10 +89,10 @@ class FakeAgent:
     def __init__(self, node: FakeNode) -> None:
         self.node = node
 
-    def request(self, op: str, **args: Any) -> Any:
+    def exchange(self, op: str, args: Mapping[str, Any] | None = None, timeout: float | None = None) -> Exchange:
         if op == "boom":
             raise AgentError(self.node.name, op, "bad-args", "no")
-        return {"op": op, "args": args, "node": self.node.name}
+        return Exchange({"op": op, "args": dict(args or {}), "node": self.node.name}, None)
 
 
 def make_ops(world: World) -> cli.Ops:
@@ -109,7 +109,8 @@ def make_ops(world: World) -> cli.Ops:
         yield FakeNode(world, name)
 
     @contextlib.contextmanager
-    def agent(node: FakeNode, timeout: float) -> Iterator[FakeAgent]:
+    def agent(node: ChannelNode, timeout: float) -> Iterator[FakeAgent]:
+        assert isinstance(node, FakeNode)
         yield FakeAgent(node)
 
     def cxl_paths(state: st.State) -> list[dict[str, Any]]:

@@ -4,13 +4,13 @@ run_argv's typed timeout, and the guest's own time of an agent reply."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from testbed.access.agent import AgentError
+from testbed.access.agent import AgentError, Exchange
 from testbed.access.node import Result
 from testbed.errors import NodeError, NodeTimeout, Unreachable
 from testbed.scenario.kinds import KINDS
@@ -36,14 +36,14 @@ class Node:
 
 
 class FakeAgent:
-    def __init__(self, replies: dict[str, Any]) -> None:
-        self.replies = replies
+    def __init__(self, replies: dict[str, Any], op_ms: float | None = None) -> None:
+        self.replies, self.op_ms = replies, op_ms  # op_ms: the agent's time, from the reply's envelope
 
-    def request(self, op: str, **args: Any) -> Any:
+    def exchange(self, op: str, args: Mapping[str, Any] | None = None, timeout: float | None = None) -> Exchange:
         reply = self.replies[op]
         if isinstance(reply, BaseException):
             raise reply
-        return reply
+        return Exchange(reply, self.op_ms)
 
 
 def target(agent: FakeAgent, log: list[str]) -> Target:
@@ -90,7 +90,7 @@ def test_agent_session_keeps_the_session_open_until_exit() -> None:
     log: list[str] = []
     with agent_session(target(FakeAgent({"ping": {}}), log), 5) as agent:
         assert log == ["open"]
-        assert agent.request("ping") == {}
+        assert agent.exchange("ping").result == {}
     assert log == ["open", "close"]
 
 
@@ -103,10 +103,10 @@ def test_run_argv_names_a_timeout_and_the_command() -> None:
 
 def test_agent_kind_reads_the_guests_own_time() -> None:
     kind = AgentKind()
-    out = kind.invoke(FakeAgent({"snap.run": {"op_ms": 12.5, "x": 1}}), AgentSpec("snap.run"), {}, 5)
-    assert out.ok and out.guest_ms == 12.5 and out.result == {"op_ms": 12.5, "x": 1}
-    out = kind.invoke(FakeAgent({"ping": {"op_ms": True}}), AgentSpec("ping"), {}, 5)
-    assert out.guest_ms is None  # not a number of milliseconds
+    out = kind.invoke(FakeAgent({"snap.run": {"x": 1}}, op_ms=12.5), AgentSpec("snap.run"), {}, 5)
+    assert out.ok and out.guest_ms == 12.5 and out.result == {"x": 1}
+    out = kind.invoke(FakeAgent({"ping": {"op_ms": 3.0}}), AgentSpec("ping"), {}, 5)
+    assert out.guest_ms is None  # only the envelope's timing counts, not a key of the result
     out = kind.invoke(FakeAgent({"ping": AgentError("node0", "ping", "busy", "no")}), AgentSpec("ping"), {}, 5)
     assert not out.ok and out.error is not None and "busy" in out.error
 

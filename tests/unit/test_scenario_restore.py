@@ -8,22 +8,23 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from testbed.access.agent import AgentError
-from testbed.access.node import Result
+from testbed.access.agent import AgentError, Exchange
+from testbed.access.node import ChannelNode
 from testbed.scenario.kinds import KINDS
 from testbed.scenario.kinds import restore as restore_kinds
-from testbed.scenario.kinds.restore import RestoreAction, RestoreKind, SandboxKind
+from testbed.scenario.kinds.restore import RestoreAction, RestoreKind
+from testbed.scenario.kinds.sandbox import SandboxKind
 from testbed.scenario.output import plots
 from testbed.scenario.spec import arrivals, schema
 from testbed.ui import cli
 
-from .test_scenario_executor import FakeNode, World, make_ops
+from .test_scenario_executor import World, make_ops
 from .test_scenario_schema import error, write
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,6 +42,9 @@ class SnapAgent:
     def __init__(self, node: str, calls: list[tuple[str, str, dict[str, Any]]], store: dict[str, dict[str, Any]],
                  lock: threading.Lock) -> None:
         self.node, self.calls, self.store, self.lock = node, calls, store, lock
+
+    def exchange(self, op: str, args: Mapping[str, Any] | None = None, timeout: float | None = None) -> Exchange:
+        return Exchange(self.request(op, **dict(args or {})), 0.5)
 
     def request(self, op: str, **args: Any) -> Any:
         with self.lock:
@@ -265,6 +269,7 @@ def test_run_flattens_the_records(tmp_path: Path) -> None:
     assert r["node_used_delta_kib"] == 2 * 10240 + 100 and r["local_kib_per_instance"] == 10290  # the node's view
     assert r["phases"] == {"restore_ms": 70.0, "ready_ms": 30.5, "first_request_ms": 5.0}
     assert len(r["records"]) == 2 and r["summary"]["instances"] == 2
+    assert r["agent_ms"] == 0.5  # the agent's own time for snap.run, from the reply's timing
     assert out.function_ms is None  # two instances: no single time on the node
     # Prepared on node1 first (full image set for criu), outside the measured request; once.
     assert agents.ops("snap.prepare") == [("node1", {"name": "snap-hello", "mhd": "mhd0", "full": True})]
@@ -368,67 +373,85 @@ def test_run_result_of_failed_and_odd_replies() -> None:
 
 # --- the sandbox kind against a fake node ------------------------------------------------------
 
-class SandboxNode:
+class SandboxAgent:
+    """The sandbox.* ops of an agent session, answering with the records the pool daemon and
+    the crun baseline give (JSON, as on the wire)."""
+
     name = "node1"
 
     def __init__(self) -> None:
-        self.argv: list[list[str]] = []
+        self.calls: list[tuple[str, dict[str, Any]]] = []
         self.active = 0
         self.overlap = False
+        self.lock = threading.Lock()
 
-    def run(self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None, stream: bool = False) -> Result:
-        cmd = list(argv[4:])
-        self.argv.append(cmd)
-        self.active += 1
-        self.overlap |= self.active > 1
-        t0 = time.time_ns()
+    def exchange(self, op: str, args: Mapping[str, Any] | None = None, timeout: float | None = None) -> Exchange:
+        with self.lock:
+            self.calls.append((op, dict(args or {})))
+            self.active += 1
+            self.overlap |= self.active > 1
+        t0 = time.monotonic_ns()
         time.sleep(0.01)
-        self.active -= 1
+        with self.lock:
+            self.active -= 1
         fn = {"ok": True, "result": {"greeting": "hi"}, "run_s": 0.002}
-        if cmd[2] == "run":
+        out: dict[str, Any]
+        if op == "sandbox.run":
             out = {"ok": True, "lease": "L1", "fresh": False, "waited_s": 0.001, "reply": {**fn, "invoke_s": 0.004},
                    "timings": {"cgroup": 0.001, "rootfs": 0.003, "process": 0.006, "ready_sandbox": 0.01,
                                "function_init": 0.02, "ready_function": 0.03, "started_at": 12345.0},
                    "release": {"clean": True, "timings": {"kill": 0.001, "mounts": 0.002}}}
-        elif cmd[2] == "oci":
+        elif op == "sandbox.fresh":
             out = {"ok": True, "reply": fn, "destroy_s": 0.05,
                    "timings": {"rootfs_outer": 0.01, "bundle": 0.001, "create": 0.1, "network": 0.02, "process": 0.03,
                                "ready_sandbox": 0.161, "function_init": 0.02, "ready_function": 0.181}}
         else:
             out = {"size": 2, "idle": []}
-        return Result(self.name, tuple(argv), 0, json.dumps(out) + "\n", f"\n@@cxltb-timer {t0} {time.time_ns()}\n", 0.0)
+        return Exchange(out, (time.monotonic_ns() - t0) / 1e6)
 
 
 def test_sandbox_kind_runs_pool_and_fresh(tmp_path: Path) -> None:
     scn = schema.load(write(tmp_path, SANDBOX))
-    kind, node = SandboxKind(), SandboxNode()
+    kind, agent = SandboxKind(), SandboxAgent()
     spec = scn.workloads[0].spec
-    pool = kind.invoke(node, spec, values(sandbox="pool"), 60)
+    pool = kind.invoke(agent, spec, values(sandbox="pool"), 60)
     assert pool.ok and pool.result is not None and pool.function_ms is not None
-    assert node.argv[-1] == ["tbagent", "sandbox", "run", "hello", "--event", '{"name": "x"}']
+    assert agent.calls[-1] == ("sandbox.run", {"function": "hello", "event": {"name": "x"}})
     assert pool.result["phases"] == pytest.approx({"pick_ms": 1.0, "cgroup_ms": 1.0, "rootfs_ms": 3.0, "process_ms": 6.0,
                                                    "function_init_ms": 20.0, "run_ms": 2.0})
     assert pool.result["sandbox_ms"] == pytest.approx(11.0) and pool.result["startup_ms"] == pytest.approx(31.0)
     assert pool.result["teardown_ms"] == pytest.approx(3.0) and pool.result["first_request_ms"] == pytest.approx(4.0)
-    fresh = kind.invoke(node, spec, values(sandbox="fresh"), 60)
-    assert node.argv[-1] == ["tbagent", "sandbox", "oci", "hello", "--event", '{"name": "x"}']
+    assert pool.result["agent_ms"] == pool.function_ms and pool.function_ms >= 10.0  # the agent's time for the op
+    fresh = kind.invoke(agent, spec, values(sandbox="fresh"), 60)
+    assert agent.calls[-1] == ("sandbox.fresh", {"function": "hello", "event": {"name": "x"}})
     assert fresh.ok and fresh.result is not None and fresh.result["sandbox_ms"] == pytest.approx(161.0)
     assert list(fresh.result["phases"]) == ["rootfs_ms", "bundle_ms", "create_ms", "network_ms", "process_ms",
                                             "function_init_ms", "run_ms"]
     assert fresh.result["teardown_ms"] == pytest.approx(50.0)
-    step = kind.invoke(node, scn.setup[0].spec, values(), 60)
-    assert step.ok and node.argv[-1] == ["tbagent", "sandbox", "pool", "--size", "2", "--on-exhausted", "fallback"]
+    step = kind.invoke(agent, scn.setup[0].spec, values(), 60)
+    assert step.ok and agent.calls[-1] == ("sandbox.pool", {"size": 2, "on_exhausted": "fallback"})
+
+
+def test_sandbox_kind_reports_a_malformed_record_as_a_failed_invocation(tmp_path: Path) -> None:
+    spec = schema.load(write(tmp_path, SANDBOX)).workloads[0].spec
+
+    class Garbled(SandboxAgent):
+        def exchange(self, op: str, args: Mapping[str, Any] | None = None, timeout: float | None = None) -> Exchange:
+            return Exchange({"ok": True, "reply": {"ok": "yes"}}, 1.0)
+
+    out = SandboxKind().invoke(Garbled(), spec, values(sandbox="pool"), 60)
+    assert not out.ok and out.error is not None and "reply.ok: expected a boolean" in out.error
 
 
 def test_fresh_sandboxes_on_a_node_do_not_overlap(tmp_path: Path) -> None:
     spec = schema.load(write(tmp_path, SANDBOX)).workloads[0].spec
-    kind, node = SandboxKind(), SandboxNode()
-    threads = [threading.Thread(target=kind.invoke, args=(node, spec, values(sandbox="fresh"), 60)) for _ in range(4)]
+    kind, agent = SandboxKind(), SandboxAgent()
+    threads = [threading.Thread(target=kind.invoke, args=(agent, spec, values(sandbox="fresh"), 60)) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(node.argv) == 4 and not node.overlap
+    assert len(agent.calls) == 4 and not agent.overlap
 
 
 # --- end to end through `testbed run` (fake nodes and agents) -----------------------------------
@@ -465,7 +488,7 @@ def test_restore_results_reach_summary_report_and_plots(tmp_path: Path) -> None:
     ops = make_ops(world)
 
     @contextlib.contextmanager
-    def agent(node: FakeNode, timeout: float) -> Iterator[SnapAgent]:
+    def agent(node: ChannelNode, timeout: float) -> Iterator[SnapAgent]:
         yield agents.agent(node.name)
 
     ops.agent = agent

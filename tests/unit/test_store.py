@@ -17,21 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "guest-agent"))
-
-from tbagent import boundedjson, serve  # noqa: E402
-from tbagent.store import (  # noqa: E402
+from tbagent import boundedjson, serve
+from tbagent.store import (
     Store,
     StoreError,
     StoreFull,
     cachectl,
 )
-from tbagent.store import cli as store_cli  # noqa: E402
-from tbagent.store.layout import HWM, HWM_OFF, PAGE, REC, REC_MAGIC, SB, STATE_OFFSET, Kind, State, record_crc  # noqa: E402
+from tbagent.store import cli as store_cli
+from tbagent.store.layout import HWM, HWM_OFF, PAGE, REC, REC_MAGIC, SB, STATE_OFFSET, Kind, State, record_crc
+from tbproto import ops as proto_ops
 
-from tests.unit.noncoherent import Fabric, Violation  # noqa: E402
+from tests.unit.noncoherent import Fabric, Violation
+
+REPO = Path(__file__).resolve().parents[2]
 
 SIZE = 64 << 20
 
@@ -219,7 +218,7 @@ def test_serve_replies_to_every_line() -> None:
     lines = ['{"v":1,"id":1,"op":"ping"}', "not json", '{"v":2,"id":3,"op":"ping"}', '{"v":1,"id":4,"op":"nope"}',
              '{"v":1,"id":5,"op":"ping","args":{"x":1}}', "[1,2]"]
     out = io.StringIO()
-    serve.serve(io.StringIO("\n".join(lines) + "\n"), out)
+    serve.serve(io.StringIO("\n".join(lines) + "\n"), out, max_inflight=1)
     replies = [json.loads(x) for x in out.getvalue().splitlines()]
     assert [r["ok"] for r in replies] == [True, False, False, False, False, False]
     assert [r.get("error", {}).get("code") for r in replies[1:]] == ["bad-json", "bad-version", "unknown-op", "bad-args",
@@ -428,12 +427,12 @@ def test_get_out_refuses_duplicate_names(as_head1: str, tmp_path: Path) -> None:
 
 def _serve(lines: list[str]) -> list[dict[str, Any]]:
     out = io.StringIO()
-    assert serve.serve(io.StringIO("\n".join(lines) + "\n"), out) == 0
+    assert serve.serve(io.StringIO("\n".join(lines) + "\n"), out, max_inflight=1) == 0
     return [json.loads(x) for x in out.getvalue().splitlines()]
 
 
 def test_serve_malformed_requests_get_errors_and_serving_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(serve.OPS, "weird", lambda: {"x": object()})  # a result JSON cannot carry
+    monkeypatch.setitem(serve.OPS, "weird", serve.Handler(proto_ops.Ping, lambda _req: {"x": object()}))  # a result JSON cannot carry
     monkeypatch.setattr(serve, "MAX_LINE", 200_000, raising=False)
     lines = ['{"v":1,"id":1,"op":[]}', "[" * 100_000, '{"v":1,"id":[1],"op":"ping"}', '{"v":1,"id":2,"op":{"a":1}}',
              '{"v":[[[]]],"id":3,"op":"ping"}', '{"v":1,"id":4,"op":"ping","args":[]}', '{"v":1,"id":5,"op":"weird"}',

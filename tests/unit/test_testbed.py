@@ -13,7 +13,7 @@ from typing import Any, cast
 import paramiko
 import pytest
 
-from testbed.access.agent import AgentSession
+from testbed.access.agent import Exchanger
 from testbed.access.node import ChannelNode, HostNode, Result, SshEndpoint
 from testbed.config.topology import HostFacts, Topology
 from testbed.config.topology import load as load_topology
@@ -70,10 +70,10 @@ class World:
             self.log.append(f"close {name}")
 
     @contextlib.contextmanager
-    def agent(self, node: ChannelNode, timeout: float) -> Iterator[AgentSession]:
+    def agent(self, node: ChannelNode, timeout: float) -> Iterator[Exchanger]:
         self.log.append(f"agent {node.name} {timeout:g}")
         try:
-            yield cast(AgentSession, ("agent", node.name))
+            yield cast(Exchanger, ("agent", node.name))
         finally:
             self.log.append(f"agent closed {node.name}")
 

@@ -8,19 +8,16 @@ configuration it needs, through the fixtures below, so any subset runs in any or
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tbagent.sandbox.isolation import STEP_FOR  # which cleanup steps back each check
 
-from testbed.ui.pytest_plugin import Testbed
+from testbed.lifecycle.testbed import Testbed
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "guest-agent"))
-
-from tbagent.sandbox.isolation import STEP_FOR  # noqa: E402  (which cleanup steps back each check)
 
 pytestmark = pytest.mark.topology(str(REPO / "testbeds" / "one-node.yaml"), name="sbxvm")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from testbed.ui.pytest_plugin import Testbed
+from testbed.lifecycle.testbed import Testbed
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.vm, pytest.mark.topology(str(REPO / "testbeds" / "two-node.yaml"))]

@@ -10,12 +10,13 @@ import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from testbed.access.agent import AgentError, AgentSession
+from testbed.access.agent import AgentClient, AgentError
 from testbed.lifecycle import daemons, names
-from testbed.ui.pytest_plugin import Testbed
+from testbed.lifecycle.testbed import Testbed
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.topology(str(REPO / "testbeds" / "two-node.yaml"))
@@ -82,7 +83,7 @@ def populated(empty_store: Testbed) -> Testbed:
 
 
 def test_format_and_agent_session(empty_store: Testbed) -> None:
-    with AgentSession(empty_store.node("node0")) as agent:
+    with AgentClient(empty_store.node("node0")) as agent:
         assert agent.request("ping")["protocol"] == 1
         geo = agent.request("store.format", mhd="mhd0", slots=64)
         assert geo["heads"] == 2
@@ -93,6 +94,24 @@ def test_format_and_agent_session(empty_store: Testbed) -> None:
         with pytest.raises(AgentError):
             agent.request("store.list", bogus=1)
         assert agent.request("ping")["agent"]  # the session survives errors
+
+
+def test_one_agent_session_carries_concurrent_requests(empty_store: Testbed) -> None:
+    """Sixteen requests from eight threads on one session: each caller gets its own reply (typed),
+    with the agent's own timing of the op."""
+    with AgentClient(empty_store.node("node0")) as agent:
+        assert agent.store_format("mhd0", 64).heads == 2
+
+        def one(i: int) -> tuple[int, Any]:
+            if i % 2:
+                return i, agent.store_list("mhd0")
+            return i, agent.exchange("ping", {})
+
+        with ThreadPoolExecutor(8) as pool:
+            got = dict(pool.map(one, range(16)))
+    assert all(got[i] == [] for i in range(1, 16, 2))
+    pings = [got[i] for i in range(0, 16, 2)]
+    assert all(p.result["protocol"] == 1 and p.op_ms is not None and p.op_ms >= 0 for p in pings)
 
 
 def test_two_nodes_publish_at_the_same_time(empty_store: Testbed) -> None:

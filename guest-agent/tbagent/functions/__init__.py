@@ -2,7 +2,8 @@
 /function/handler.py into the function's own rootfs layer and must import only the standard
 library (and numpy and PIL: the guest's python3-numpy and python3-pil). `handle(event) -> result`
 answers one invocation; module import is the function's initialisation. CATALOG holds what the
-pool needs without importing the module."""
+pool needs without importing the module; its names are tbproto.catalog.Function, the closed
+catalogue the host validates against (tbagent serve checks they agree when it starts)."""
 
 from __future__ import annotations
 

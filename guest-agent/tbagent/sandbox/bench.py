@@ -17,6 +17,8 @@ import statistics
 import time
 from typing import Any
 
+from tbproto import meminfo as proc_meminfo
+
 from tbagent.functions import spec as function_spec
 from tbagent.sandbox import cgroup, layers, oci, server
 from tbagent.sandbox.cgroup import Group
@@ -46,13 +48,9 @@ def _phases(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, dict
 
 
 def _meminfo() -> dict[str, int]:
-    out = {}
+    """The MEMINFO fields, in bytes."""
     with open("/proc/meminfo") as fh:
-        for line in fh:
-            key, value = line.split(":", 1)
-            if key in MEMINFO:
-                out[key] = int(value.split()[0]) * 1024
-    return out
+        return {k: v * 1024 for k, v in proc_meminfo.parse(fh.read()).items() if k in MEMINFO}
 
 
 def _drop_caches() -> None:

@@ -9,9 +9,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
+from tbagent.errors import command
 from tbagent.sandbox import paths
 from tbagent.sandbox.pool import POLICIES, PoolConfig
 from tbagent.sandbox.sandbox import CLEANUP_STEPS
@@ -26,15 +26,7 @@ def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=None, sort_keys=True))
 
 
-def _user_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Refusals (another pool owns the node, a daemon is running) as one line, exit code 2."""
-    def wrapped(args: argparse.Namespace) -> int:
-        try:
-            return fn(args)
-        except RuntimeError as exc:
-            print(f"tbagent sandbox: {exc}", file=sys.stderr)
-            return 2
-    return wrapped
+_user_errors = command("sandbox")  # refusals (another pool owns the node, a daemon is running): one line
 
 
 @_user_errors
@@ -44,12 +36,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return server.serve(_config(args))
 
 
-@_user_errors
-def cmd_pool(args: argparse.Namespace) -> int:
-    """Start the daemon with a pool of --size (or resize a running one); print its status."""
+def op_pool(size: int, max: int = 16, on_exhausted: str = "queue", timeout: float = 180.0,
+            rw_size: str = "256m", test_hooks: bool = False) -> dict[str, Any]:
+    """Start the daemon with a pool of `size` (or resize a running one); its status. A running
+    daemon keeps its on_exhausted and test hooks: `warning` says so when they differ."""
     from tbagent.sandbox import server
 
-    cfg = _config(args)
+    cfg = PoolConfig(size=size, on_exhausted=on_exhausted, max_size=size if size > max else max, allow_skip=test_hooks,
+                     rw_size=rw_size)
     if not server.running():
         paths.LOGS.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "tbagent.cli", "sandbox", "serve", "--size", str(cfg.size),
@@ -57,21 +51,31 @@ def cmd_pool(args: argparse.Namespace) -> int:
                 *(["--test-hooks"] if cfg.allow_skip else [])]
         with open(paths.LOGS / "serve.log", "ab") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-        deadline = time.monotonic() + args.timeout
+        deadline = time.monotonic() + timeout
         while not server.running():
             if proc.poll() is not None:
                 tail = (paths.LOGS / "serve.log").read_text(errors="replace").strip().splitlines()[-8:]
                 raise OSError("the pool daemon exited during start-up:\n" + "\n".join(tail))
             if time.monotonic() > deadline:
-                raise OSError(f"the pool daemon is not ready after {args.timeout}s")
+                raise OSError(f"the pool daemon is not ready after {timeout}s")
             time.sleep(0.1)
+    warning = None
     with server.Client() as c:
-        status = c.call("status")
+        status: dict[str, Any] = c.call("status")
         if (status["on_exhausted"], status["test_hooks"]) != (cfg.on_exhausted, cfg.allow_skip):
-            print(f"tbagent sandbox: the running daemon keeps on_exhausted={status['on_exhausted']} "
-                  f"test_hooks={status['test_hooks']}; stop it to change them", file=sys.stderr)
+            warning = (f"the running daemon keeps on_exhausted={status['on_exhausted']} "
+                       f"test_hooks={status['test_hooks']}; stop it to change them")
         if status["size"] != cfg.size:
             status = c.call("resize", size=cfg.size)
+    return {**status, "warning": warning} if warning else status
+
+
+@_user_errors
+def cmd_pool(args: argparse.Namespace) -> int:
+    """Start the daemon with a pool of --size (or resize a running one); print its status."""
+    status = op_pool(args.size, args.max, args.on_exhausted, args.timeout, args.rw_size, args.test_hooks)
+    if (warning := status.pop("warning", None)) is not None:
+        print(f"tbagent sandbox: {warning}", file=sys.stderr)
     _print(status)
     return 0
 
@@ -93,10 +97,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if reply.get("ok") else 1
 
 
+def op_run(function: str, event: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+           skip: list[str] | None = None, on_exhausted: str | None = None, timeout: float | None = None) -> dict[str, Any]:
+    """Run `function` once in a repurposed sandbox of the pool: the daemon's record."""
+    return _call("run", function=function, event=event or {}, env=env or {}, skip=skip or [],
+                 on_exhausted=on_exhausted, timeout=timeout)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     env = dict(kv.split("=", 1) for kv in args.env)
-    reply = _call("run", function=args.function, event=json.loads(args.event), env=env, skip=args.skip,
-                  on_exhausted=args.on_exhausted, timeout=args.timeout)
+    reply = op_run(args.function, json.loads(args.event), env, args.skip, args.on_exhausted, args.timeout)
     _print(reply)
     return 0 if reply.get("ok") and reply["reply"].get("ok") else 1
 
@@ -116,40 +126,54 @@ def _lock_held() -> bool:
         os.close(fd)
 
 
-def cmd_stop(args: argparse.Namespace) -> int:
+def op_stop(timeout: float = 60.0) -> dict[str, Any]:
+    """Destroy every sandbox of the pool and stop its daemon; TimeoutError if it does not stop."""
     from tbagent.sandbox import server
 
     if not server.running():
-        print("no pool daemon running")
-        return 0
+        return {"stopped": False}
     _call("stop")
-    deadline = time.monotonic() + args.timeout
+    deadline = time.monotonic() + timeout
     while paths.SOCKET.exists() or _lock_held():
         if time.monotonic() > deadline:
-            print("the pool daemon did not stop in time", file=sys.stderr)
-            return 1
+            raise TimeoutError("the pool daemon did not stop in time")
         time.sleep(0.1)
-    print("stopped")
+    return {"stopped": True}
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    try:
+        stopped = op_stop(args.timeout)["stopped"]
+    except TimeoutError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print("stopped" if stopped else "no pool daemon running")
     return 0
 
 
-def cmd_oci(args: argparse.Namespace) -> int:
+def op_fresh(function: str, event: dict[str, Any] | None = None, variant: str = "full", slot: int = 0) -> dict[str, Any]:
+    """The baseline: one sandbox crun makes from scratch, the function run once in it, destroyed."""
     from tbagent.functions import spec as function_spec
     from tbagent.sandbox import cgroup, layers, oci
     from tbagent.sandbox.sandbox import limits_for
 
-    spec = function_spec(args.function)
+    spec = function_spec(function)
     cgroup.ensure_tree()
     layers.build_base()
     oci.sweep()
-    box = oci.OciSandbox(args.slot, args.variant)
+    box = oci.OciSandbox(slot, variant)
     try:
         timings = box.create(spec, [layers.function_layer(spec), layers.base_dir()], limits_for(spec))
-        reply = box.invoke(json.loads(args.event))
+        reply = box.invoke(event or {})
     finally:
         destroy_s = box.destroy()
-    _print({"ok": True, "timings": timings, "reply": reply, "destroy_s": destroy_s})
-    return 0 if reply.get("ok") else 1
+    return {"ok": True, "timings": timings, "reply": reply, "destroy_s": destroy_s}
+
+
+def cmd_oci(args: argparse.Namespace) -> int:
+    out = op_fresh(args.function, json.loads(args.event), args.variant, args.slot)
+    _print(out)
+    return 0 if out["reply"].get("ok") else 1
 
 
 @_user_errors

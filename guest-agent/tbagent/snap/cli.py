@@ -7,9 +7,10 @@ import json
 import sys
 from typing import Any
 
+from tbproto.ops import Mode
+
+from tbagent.errors import command
 from tbagent.snap import runs, snapshot
-from tbagent.snap.instance import InstanceError, Mode
-from tbagent.store.core import StoreError
 
 
 def _json_arg(text: str) -> dict[str, Any]:
@@ -56,26 +57,20 @@ def op_dedup(name: str, mode: str, count: int = 1, event: dict[str, Any] | None 
     return runs.dedup(name, Mode(mode), count, event, mhd)
 
 
+@command(lambda args: f"snap {args.snap}")
 def _cmd(args: argparse.Namespace) -> int:
-    try:
-        if args.snap == "take":
-            _print(op_take(args.name, args.function, args.mhd, args.warm, dict(args.env)))
-        elif args.snap == "prepare":
-            _print(op_prepare(args.name, args.mhd, args.full))
-        elif args.snap == "run":
-            for rec in runs.run(args.name, Mode(args.mode), args.count, args.event, args.requests, args.populate, args.mhd,
-                                args.replay_warm, args.sandbox):
-                _print(rec)
-        elif args.snap == "dedup":
-            _print(op_dedup(args.name, args.mode, args.count, args.event, args.mhd))
-        elif args.snap == "frames":
-            _print(runs.frames(args.name, args.mhd))
-    except StoreError as exc:  # bad input: no such snapshot, store full, corrupt record
-        print(f"tbagent snap {args.snap}: {exc}", file=sys.stderr)
-        return 2
-    except (InstanceError, RuntimeError) as exc:
-        print(f"tbagent snap {args.snap}: {exc}", file=sys.stderr)
-        return 1
+    if args.snap == "take":
+        _print(op_take(args.name, args.function, args.mhd, args.warm, dict(args.env)))
+    elif args.snap == "prepare":
+        _print(op_prepare(args.name, args.mhd, args.full))
+    elif args.snap == "run":
+        for rec in runs.run(args.name, Mode(args.mode), args.count, args.event, args.requests, args.populate, args.mhd,
+                            args.replay_warm, args.sandbox):
+            _print(rec)
+    elif args.snap == "dedup":
+        _print(op_dedup(args.name, args.mode, args.count, args.event, args.mhd))
+    elif args.snap == "frames":
+        _print(runs.frames(args.name, args.mhd))
     return 0
 
 

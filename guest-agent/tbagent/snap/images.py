@@ -11,9 +11,11 @@ from __future__ import annotations
 import importlib
 import mmap
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tbagent.snap.mmt import Area
 
 PAGE = 4096
 PE_PARENT = 1
@@ -53,20 +55,6 @@ class Run:
     len: int
     src: int
     flags: int
-
-
-@dataclass(frozen=True)
-class Area:
-    """A template area: `len` bytes at `addr`, `off` bytes into the template's memory blob."""
-
-    addr: int
-    len: int
-    off: int
-    prot: int
-    flags: int   # the pagemap flags of the pages (PE_PRESENT, PE_LAZY)
-
-    def to_json(self) -> dict[str, int]:
-        return asdict(self)
 
 
 def root_pid(imgdir: Path) -> int:

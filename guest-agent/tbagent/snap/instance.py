@@ -21,9 +21,10 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from tbproto.ops import Mode  # the restore modes are part of the protocol (snap.run's mode)
 
 from tbagent.functions import spec
 from tbagent.lines import Closed, LinePipes, log_tail
@@ -32,13 +33,6 @@ RUN_DIR = Path(os.environ.get("CXLTB_SNAP_RUN", "/run/tbagent/instances"))
 PLUGIN_DIR = "/usr/lib/cxltb/criu"
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
 READY_TIMEOUT = 300.0
-
-
-class Mode(StrEnum):
-    COLD = "cold"
-    CRIU = "criu"
-    LAZY = "lazy"
-    TEMPLATE = "template"
 
 
 class InstanceError(RuntimeError):

@@ -11,6 +11,8 @@ import os
 import struct
 from dataclasses import dataclass
 
+from tbproto import meminfo as proc_meminfo
+
 PAGE = 4096
 PM_PRESENT = 1 << 63
 PFN_MASK = (1 << 55) - 1
@@ -18,12 +20,8 @@ PFN_MASK = (1 << 55) - 1
 
 def meminfo() -> dict[str, int]:
     """/proc/meminfo in KiB."""
-    out = {}
     with open("/proc/meminfo") as fh:
-        for line in fh:
-            key, rest = line.split(":", 1)
-            out[key] = int(rest.split()[0])
-    return out
+        return proc_meminfo.parse(fh.read())
 
 
 def node_memory() -> dict[str, int]:

@@ -11,7 +11,7 @@ import fcntl
 import os
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 DEVICE = "/dev/mm_template"
 NAME_MAX = 64
@@ -35,10 +35,21 @@ IOC_INFO = _iowr(4, INFO.size)
 
 @dataclass(frozen=True)
 class Area:
+    """A template area: `len` bytes at `addr`, `off` bytes into the template's memory: into the
+    snapshot's memory blob as planned (snap.images), into the device-dax device once `at(base)`
+    placed it (what MMT_IOC_REGISTER takes)."""
+
     addr: int
     len: int
-    offset: int   # in the device-dax device
+    off: int
     prot: int
+    flags: int = 0  # the pagemap flags of the pages (PE_PRESENT, PE_LAZY)
+
+    def at(self, base: int) -> Area:
+        return replace(self, off=base + self.off)
+
+    def to_json(self) -> dict[str, int]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -71,7 +82,7 @@ def _ioctl(req: int, buf: bytearray) -> None:
 def register(name: str, dax: str, areas: list[Area]) -> int:
     """Register `name`; returns its id. An existing template of that name raises FileExistsError."""
     check_name(name)
-    table = ctypes.create_string_buffer(b"".join(AREA.pack(a.addr, a.len, a.offset, a.prot, 0)
+    table = ctypes.create_string_buffer(b"".join(AREA.pack(a.addr, a.len, a.off, a.prot, 0)
                                                  for a in sorted(areas, key=lambda a: a.addr)))
     dax_fd = os.open(dax, os.O_RDONLY | os.O_CLOEXEC)
     try:

@@ -7,10 +7,12 @@ import hashlib
 from collections.abc import Iterator
 from typing import Any
 
+from tbproto.ops import Mode, Placement
+
 from tbagent import info
 from tbagent.snap import metrics, mmt
-from tbagent.snap.instance import Instance, InstanceError, Mode, start_cold, start_restore
-from tbagent.snap.sandboxed import Placement, SandboxedInstance, start_in_sandbox
+from tbagent.snap.instance import Instance, InstanceError, start_cold, start_restore
+from tbagent.snap.sandboxed import SandboxedInstance, start_in_sandbox
 from tbagent.snap.snapshot import Local, prepare
 
 

@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from tbproto.ops import Mode, Placement  # Placement: snap.run's sandbox, pool (repurposed) or fresh (made for it)
+
 from tbagent.sandbox import paths as sbx_paths
 from tbagent.sandbox import server
-from tbagent.snap.instance import PLUGIN_DIR, InstanceError, Mode
-
-
-class Placement(StrEnum):
-    POOL = "pool"     # a repurposed sandbox from the pool
-    FRESH = "fresh"   # a sandbox created for this instance, destroyed after
+from tbagent.snap.instance import PLUGIN_DIR, InstanceError
 
 
 def stage_path(imgdir: Path) -> str:

@@ -215,7 +215,7 @@ def _write_local(d: Path, rec: Record, layout: dict[str, Any]) -> None:
 def _register(rec: Record, d: Path, layout: dict[str, Any]) -> Local:
     """Register the mm-template on this node unless it is (kernel state: gone after a reboot)."""
     base = rec.extents[MEMORY]["off"]
-    areas = [mmt.Area(a["addr"], a["len"], base + a["off"], a["prot"]) for a in layout["areas"]]
+    areas = [mmt.Area(a["addr"], a["len"], a["off"], a["prot"]).at(base) for a in layout["areas"]]
     name = mmt_name(rec)
     if areas:
         mmt.ensure(name, os.path.realpath(device_path(str(layout.get("mhd", "mhd0")))), areas)

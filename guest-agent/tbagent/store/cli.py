@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from tbagent import info
 from tbagent.dax import device_path
+from tbagent.errors import command
 from tbagent.store.core import Store, StoreError
 
 
@@ -122,27 +122,24 @@ def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=None, separators=(",", ":")))
 
 
+@command("store")
 def _run(args: argparse.Namespace) -> int:
-    try:
-        if args.op == "format":
-            _print(op_format(args.mhd, args.slots))
-        elif args.op == "put":
-            _print(op_put(args.mhd, args.name, args.files, json.loads(args.meta) if args.meta else None))
-        elif args.op == "list":
-            _print(op_list(args.mhd))
-        elif args.op == "get":
-            _print(op_get(args.mhd, args.name, args.out))
-        elif args.op == "delete":
-            _print(op_delete(args.mhd, args.name))
-        elif args.op == "gc":
-            _print(op_gc(args.mhd))
-        elif args.op == "check":
-            report = op_check(args.mhd)
-            _print(report)
-            return 0 if report["ok"] else 1
-    except StoreError as exc:
-        print(f"tbagent: store: {exc}", file=sys.stderr)
-        return 2
+    if args.op == "format":
+        _print(op_format(args.mhd, args.slots))
+    elif args.op == "put":
+        _print(op_put(args.mhd, args.name, args.files, json.loads(args.meta) if args.meta else None))
+    elif args.op == "list":
+        _print(op_list(args.mhd))
+    elif args.op == "get":
+        _print(op_get(args.mhd, args.name, args.out))
+    elif args.op == "delete":
+        _print(op_delete(args.mhd, args.name))
+    elif args.op == "gc":
+        _print(op_gc(args.mhd))
+    elif args.op == "check":
+        report = op_check(args.mhd)
+        _print(report)
+        return 0 if report["ok"] else 1
     return 0
 
 

@@ -4,7 +4,7 @@ The registry: every kind module is imported here and KINDS lists its kind by nam
   exec      an argv through the Node interface (kinds.exec)
   agent     a JSON-lines request to `tbagent serve` (kinds.agent)
   restore   function snapshots in the CXL store (kinds.restore)
-  sandbox   the sandbox pool (kinds.restore)
+  sandbox   the sandbox pool (kinds.sandbox)
 What a kind is and what every kind shares: kinds.base.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 from testbed.scenario.kinds.agent import AgentKind
 from testbed.scenario.kinds.base import Kind
 from testbed.scenario.kinds.exec import ExecKind
-from testbed.scenario.kinds.restore import RestoreKind, SandboxKind
+from testbed.scenario.kinds.restore import RestoreKind
+from testbed.scenario.kinds.sandbox import SandboxKind
 
 KINDS: dict[str, Kind[Any, Any]] = {k.name: k for k in (ExecKind(), AgentKind(), RestoreKind(), SandboxKind())}

@@ -21,19 +21,11 @@ from testbed.scenario.kinds.base import (
     template_strings,
 )
 
-GUEST_MS = "op_ms"  # the key of a reply that carries the agent's own time for the op
-
 
 @dataclass(frozen=True)
 class AgentSpec:
     op: str
     args: Any = None  # a mapping of the op's arguments: JSON, sent as it is (after substitution)
-
-
-def guest_ms(reply: Mapping[str, object]) -> float | None:
-    """The agent's own time for the op, when its reply carries one (a number of milliseconds)."""
-    value = reply.get(GUEST_MS)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0 else None
 
 
 class AgentKind(Kind[AgentSpec, Agent]):
@@ -61,8 +53,8 @@ class AgentKind(Kind[AgentSpec, Agent]):
     def invoke(self, session: Agent, spec: AgentSpec, values: Mapping[str, object], timeout: float) -> Outcome:
         op = substitute(spec.op, values)
         args = substitute_value(spec.args or {}, values)
-        failed, reply, remote_ms = call_agent(session, op, args)
-        if failed is not None:
-            return failed
-        result = reply if isinstance(reply, dict) else {"value": reply}
-        return Outcome(True, remote_ms, None, None, result, guest_ms=guest_ms(result))
+        failed, ex, remote_ms = call_agent(session, op, args)
+        if ex is None:
+            return failed or Outcome(False, remote_ms, error=f"agent {op}: no reply")
+        result = ex.result if isinstance(ex.result, dict) else {"value": ex.result}
+        return Outcome(True, remote_ms, None, None, result, guest_ms=ex.op_ms)

@@ -25,9 +25,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, NoReturn, Protocol, TypeVar, cast
+from typing import Any, ClassVar, Generic, NoReturn, TypeVar, cast
 
-from testbed.access.agent import AgentError
+from testbed.access.agent import AgentError, Exchange, Exchanger
 from testbed.access.node import Node, Result
 from testbed.config.yamlfile import Document, KeyPath, from_mapping
 from testbed.errors import NodeError, NodeTimeout
@@ -47,8 +47,9 @@ class Failure(NodeError):
     """The node or the agent failed (unreachable, timed out, session lost): the run stops."""
 
 
-class Agent(Protocol):
-    def request(self, op: str, **args: Any) -> Any: ...  # JSON in, JSON out
+# What a kind needs of an agent session: one exchange (JSON in, the result and the agent's own
+# time for the op out). AgentClient has it; test fakes too.
+Agent = Exchanger
 
 
 @dataclass(frozen=True)
@@ -162,16 +163,16 @@ def refused(exc: BaseException, what: str, ms: float) -> Outcome:
     node_failure(exc, what)
 
 
-def call_agent(agent: Agent, op: str, args: Mapping[str, object]) -> tuple[Outcome | None, Any, float]:
-    """One agent request: (None, reply, ms), or (the failed Outcome, None, ms) when the agent
-    answered an error; Failure when the node or session fails."""
+def call_agent(agent: Agent, op: str, args: Mapping[str, object]) -> tuple[Outcome | None, Exchange | None, float]:
+    """One agent request: (None, the exchange, ms), or (the failed Outcome, None, ms) when the
+    agent answered an error; Failure when the node or session fails."""
     t0 = time.perf_counter()
     try:
-        reply = agent.request(op, **args)
+        ex = agent.exchange(op, dict(args))
     except Exception as exc:
         ms = (time.perf_counter() - t0) * 1e3
         return refused(exc, f"agent {op}", ms), None, ms
-    return None, reply, (time.perf_counter() - t0) * 1e3
+    return None, ex, (time.perf_counter() - t0) * 1e3
 
 
 def run_argv(node: Node, argv: list[str], timeout: float) -> tuple[Result, float, float | None, str]:
@@ -209,7 +210,7 @@ class agent_session(AbstractContextManager[Agent]):
         with ExitStack() as opening:
             try:
                 agent = opening.enter_context(self.target.agent(self.timeout))
-                agent.request("ping")
+                agent.exchange("ping")
             except NodeError as exc:
                 raise Failure(str(exc)) from exc
             except Exception as exc:
