@@ -195,3 +195,19 @@ def test_closed_loop_stops_at_count_and_on_stop() -> None:
     seen.clear()
     scheduler.closed_loop(arrivals.ClosedLoop(2, None, 5.0, "f"), ("a",), stop, call, lambda t: None)
     assert seen == []
+
+
+def test_a_shared_agent_waits_the_workloads_timeout() -> None:
+    from testbed.scenario.run.executor import TimedAgent
+
+    seen: list[float | None] = []
+
+    class Recorder:
+        def exchange(self, op: str, args: Mapping[str, Any] | None = None, timeout: float | None = None) -> Exchange:
+            seen.append(timeout)
+            return Exchange({}, None)
+
+    agent = TimedAgent(Recorder(), 7.0)
+    agent.exchange("ping")
+    agent.exchange("ping", None, 2.0)
+    assert seen == [7.0, 2.0]

@@ -20,13 +20,14 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from testbed.access.agent import Exchange
 from testbed.access.node import Node
 from testbed.errors import NodeError, TestbedError, UserError
 from testbed.scenario.kinds import KINDS
@@ -106,6 +107,16 @@ def metrics_of(out: Outcome, scheduled: float | None, t_call: float) -> dict[str
     return metrics
 
 
+class TimedAgent:
+    """A shared agent client whose requests default to one workload's timeout."""
+
+    def __init__(self, agent: Agent, timeout: float) -> None:
+        self.agent, self.timeout = agent, timeout
+
+    def exchange(self, op: str, args: Mapping[str, Any] | None = None, timeout: float | None = None) -> Exchange:
+        return self.agent.exchange(op, args, self.timeout if timeout is None else timeout)
+
+
 class Runner:
     def __init__(self, scn: Scenario, opts: Options, backend: Backend) -> None:
         self.scn, self.opts, self.backend = scn, opts, backend
@@ -169,12 +180,10 @@ class Runner:
             self.targets[name] = Target(node, self._agent_opener(tb, name, node))
 
     def _agent_opener(self, tb: TestbedHandle, name: str, node: Node) -> Callable[[float], AbstractContextManager[Agent]]:
-        per_thread = self.backend.per_thread_agent
-
         def agent(timeout: float) -> AbstractContextManager[Agent]:
-            if per_thread is not None:
-                return per_thread(node, timeout)
-            return nullcontext(tb.agent(name))  # the testbed's client: shared, closed by the testbed
+            # The testbed's client: one per node, shared by the unit's threads, closed by the
+            # testbed; each request waits at most the workload's timeout.
+            return nullcontext(TimedAgent(tb.agent(name), timeout))
 
         return agent
 

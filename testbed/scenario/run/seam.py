@@ -63,18 +63,11 @@ def quiet(title: str, total_nodes: int) -> AbstractContextManager[PhaseReporter]
     return nullcontext(_silent)
 
 
-# Opens a private agent session on a node for one thread. Set while the agent client carries
-# one request at a time: each (thread, node) of a unit then opens its own session, as before
-# the seam; None: every thread shares testbed.agent(node).
-PerThreadAgent = Callable[[Node, float], AbstractContextManager[Agent]]
-
-
 @dataclass
 class Backend:
     open_testbed: OpenTestbed
     host_facts: Callable[[], HostFacts]
     progress: ProgressFactory = quiet
-    per_thread_agent: PerThreadAgent | None = None
     host_meta: Callable[[], dict[str, Any]] = results.host_meta  # JSON for meta.json
     cxl_paths: Callable[[State], list[dict[str, Any]]] = cxlpath.read_for_state  # JSON for meta.json
     console: Console = field(default_factory=lambda: Console(stderr=True))
