@@ -17,8 +17,7 @@ from tbproto.ops import OPS, Mode, Placement, Policy
 
 from testbed.access.agent import AgentError, Exchanger
 from testbed.config.yamlfile import Document, KeyPath, string_keys
-from testbed.errors import NodeError
-from testbed.scenario.kinds.base import Failure, placeholders, substitute_value
+from testbed.scenario.kinds.base import node_failure, placeholders, substitute_value
 
 MODES = tuple(m.value for m in Mode)
 SANDBOX_MODES = (Mode.CRIU.value, Mode.TEMPLATE.value)  # what restores into sandboxes support
@@ -176,10 +175,8 @@ def request(agent: Exchanger, op: str, **args: Any) -> Answer:
         ex = agent.exchange(op, args)
     except AgentError as exc:
         raise Refused(str(exc), (time.perf_counter() - t0) * 1e3) from None
-    except NodeError as exc:
-        raise Failure(str(exc)) from exc
-    except (OSError, EOFError, ValueError) as exc:
-        raise Failure(f"agent {op}: {exc or type(exc).__name__}") from exc
+    except Exception as exc:
+        node_failure(exc, f"agent {op}")
     return Answer(ex.result, (time.perf_counter() - t0) * 1e3, ex.op_ms)
 
 
@@ -192,8 +189,6 @@ def call(agent: Exchanger, req: object, timeout: float | None = None) -> Answer:
         ex = agent.exchange(op.name, encode(req), timeout)
     except AgentError as exc:
         raise Refused(str(exc), (time.perf_counter() - t0) * 1e3) from None
-    except NodeError as exc:
-        raise Failure(str(exc)) from exc
-    except (OSError, EOFError, ValueError) as exc:
-        raise Failure(f"agent {op.name}: {exc or type(exc).__name__}") from exc
+    except Exception as exc:
+        node_failure(exc, f"agent {op.name}")
     return Answer(decode_as(op.reply, ex.result, op.name), (time.perf_counter() - t0) * 1e3, ex.op_ms)

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
+from tbproto import meminfo as proc_meminfo
+
 from testbed.access.node import Node
 from testbed.errors import NodeError
 from testbed.scenario.kinds.base import Failure
@@ -16,14 +18,8 @@ MEMORY_TIMEOUT = 30.0
 
 
 def meminfo(text: str) -> dict[str, int]:
-    """/proc/meminfo as {field: value}, values as the file gives them (kB for the sizes)."""
-    out = {}
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        words = rest.split()
-        if words and words[0].isdigit():
-            out[key.strip()] = int(words[0])
-    return out
+    """/proc/meminfo as {field: kB}: the one parser the agent uses too."""
+    return proc_meminfo.parse(text)
 
 
 @dataclass(frozen=True)
