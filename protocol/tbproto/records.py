@@ -122,7 +122,7 @@ class SandboxRun:
     ok: bool = False
     error: str | None = None
     lease: str | None = None
-    sandbox: str | None = None
+    sandbox: int | None = None  # the pool sandbox's id (a fresh sandbox has none)
     fresh: bool | None = None
     waited_s: float | None = None
     timings: dict[str, Any] = field(default_factory=dict)  # step -> seconds; `created` is a nested object

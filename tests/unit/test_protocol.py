@@ -169,3 +169,14 @@ def test_the_image_key_covers_tbproto(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cache, "hash_files", spy)
     image.image_key("bookworm")
     assert image.PROTOCOL_DIR in hashed and (image.PROTOCOL_DIR / "envelope.py").is_file()
+
+
+def test_a_pool_sandbox_run_decodes_with_its_numeric_sandbox_id() -> None:
+    # The shape the pool daemon answers (tbagent.sandbox.server's lease reply plus the run):
+    # its sandbox id is a number, which the host once refused, failing every pool invocation.
+    reply = {"ok": True, "lease": "l-1", "sandbox": 3, "fresh": False, "waited_s": 0.0,
+             "timings": {"acquire": 0.001}, "reply": {"ok": True}}
+    run = decode_as(SandboxRun, reply, "sandbox.run")
+    assert run.sandbox == 3 and run.lease == "l-1"
+    fresh = decode_as(SandboxRun, {"ok": True, "timings": {}, "reply": {"ok": True}, "destroy_s": 0.1}, "sandbox.fresh")
+    assert fresh.sandbox is None
