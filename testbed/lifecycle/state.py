@@ -35,6 +35,7 @@ class NodeState:
     ssh_port: int
     address: str
     mhds: list[str]
+    gdb_port: int = 0  # `debug: gdb`: QEMU's gdb stub on 127.0.0.1:gdb_port; 0 without one
 
 
 @dataclass
@@ -72,6 +73,11 @@ class State:
                    phase=Phase(_str(obj.get("phase", Phase.CREATING), "phase")), accel=_str(obj.get("accel", ""), "accel"),
                    kernel=_strings(obj.get("kernel", {}), "kernel"), qemu=_strings(obj.get("qemu", {}), "qemu"),
                    image=_str(obj.get("image", ""), "image"), objects=objects, nodes=nodes, timings=timings)
+
+
+def gdb_line(node: str, port: int) -> str:
+    """What `up` and `status` print for a node with `debug: gdb`."""
+    return f"{node}: gdb stub on 127.0.0.1:{port} (gdb vmlinux -ex 'target remote 127.0.0.1:{port}')"
 
 
 # --- parsing helpers: each raises ValueError naming the field that is wrong ---------------
@@ -122,7 +128,8 @@ def _node(name: str, v: object) -> NodeState:
     o = _object(v, f"nodes.{name}")
     mhds = [_str(m, f"nodes.{name}.mhds[]") for m in _list(o.get("mhds"), f"nodes.{name}.mhds")]
     return NodeState(_str(o.get("name"), f"nodes.{name}.name"), _str(o.get("domain"), f"nodes.{name}.domain"),
-                     _int(o.get("ssh_port"), f"nodes.{name}.ssh_port"), _str(o.get("address"), f"nodes.{name}.address"), mhds)
+                     _int(o.get("ssh_port"), f"nodes.{name}.ssh_port"), _str(o.get("address"), f"nodes.{name}.address"), mhds,
+                     _int(o.get("gdb_port", 0), f"nodes.{name}.gdb_port"))
 
 
 def save(layout: Layout, state: State) -> None:

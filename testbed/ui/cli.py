@@ -24,6 +24,7 @@ from rich.table import Table
 from testbed import __version__
 from testbed.config.topology import NAME_RE, NODE_RE
 from testbed.errors import Interrupted, TestbedError, UserError, printable, shorten
+from testbed.lifecycle import state as st
 from testbed.ui.ops import Ops as Ops
 from testbed.ui.progress import PhaseProgress as PhaseProgress  # the executor's import, until it takes a factory
 
@@ -137,6 +138,9 @@ def cmd_up(args: argparse.Namespace, ops: Ops) -> int:
     else:
         out.print(f"testbed {topo.name} up in {time.monotonic() - t0:.1f}s ({tb.state.accel}, "
                   f"{len(tb.state.nodes)} nodes)")
+    for ns in tb.state.nodes.values():
+        if ns.gdb_port:
+            print(st.gdb_line(ns.name, ns.gdb_port))
     return 0
 
 
@@ -189,6 +193,9 @@ def cmd_status(args: argparse.Namespace, ops: Ops) -> int:
                               dev.get("region", ""), f"{int(size, 16) >> 20} MiB" if size else "",
                               dev.get("path", ""), path)
         out.print(table)
+        for n in tb["nodes"]:
+            if "gdb" in n:
+                print(st.gdb_line(n["name"], n["gdb"]["port"]))
     return failed
 
 
