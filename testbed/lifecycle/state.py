@@ -13,6 +13,7 @@ from typing import Any
 from testbed import paths
 from testbed.errors import UserError
 from testbed.lifecycle import names
+from testbed.lifecycle import owner as owner_mod
 from testbed.lifecycle.names import Layout
 
 
@@ -52,6 +53,9 @@ class State:
     objects: list[dict[str, str]] = field(default_factory=list)
     nodes: dict[str, NodeState] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # Who brought it up (under sudo, the invoking user); -1 in files from before owners.
+    owner_uid: int = field(default_factory=lambda: owner_mod.caller().uid)
+    owner_name: str = field(default_factory=lambda: owner_mod.caller().name)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,7 +76,8 @@ class State:
                    config_hash=_str(obj.get("config_hash"), "config_hash"),
                    phase=Phase(_str(obj.get("phase", Phase.CREATING), "phase")), accel=_str(obj.get("accel", ""), "accel"),
                    kernel=_strings(obj.get("kernel", {}), "kernel"), qemu=_strings(obj.get("qemu", {}), "qemu"),
-                   image=_str(obj.get("image", ""), "image"), objects=objects, nodes=nodes, timings=timings)
+                   image=_str(obj.get("image", ""), "image"), objects=objects, nodes=nodes, timings=timings,
+                   owner_uid=_int(obj.get("owner_uid", -1), "owner_uid"), owner_name=_str(obj.get("owner_name", ""), "owner_name"))
 
 
 def gdb_line(node: str, port: int) -> str:
