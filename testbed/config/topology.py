@@ -396,6 +396,11 @@ def renamed_topology(path: str | Path, name: str, tmp: Path) -> Path:
     """A copy of a topology file under another testbed name (tests and benches use their own names)."""
     data: dict[str, Any] = yaml.safe_load(Path(path).read_text())
     data["name"] = name
+    # Paths in the file are relative to its folder, which the copy does not share.
+    for key in ("kernel", "modules"):
+        value = data.get(key)
+        if isinstance(value, str) and "/" in value and not Path(value).expanduser().is_absolute():
+            data[key] = str(Path(path).resolve().parent / value)
     out = tmp / f"{name}.yaml"
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     return out
