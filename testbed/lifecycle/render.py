@@ -72,8 +72,7 @@ def qemu_args(topo: Topology, node: NodeConfig, ssh_port: int, layout: names.Lay
     if fmw:
         args += ["-M", ",".join(fmw)]
     if node.debug is Debug.GDB:
-        if not gdb_port:
-            raise ValueError(f"node {node.name} has debug: gdb but no gdb port was allocated")
+        # `up` always passes the free port it allocated; 0 is the dry run's placeholder, as for ssh.
         args += ["-gdb", f"tcp:127.0.0.1:{gdb_port}"]
     return args + list(node.qemu_args)
 
