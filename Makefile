@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$(PATH)
 
-.PHONY: host-deps deps venv image qemu kernel kernel-debug demo lint test test-unit test-vm bench clean-testbeds
+.PHONY: host-deps deps setup venv image qemu kernel kernel-debug demo lint test test-unit test-vm bench clean-testbeds
 
 # Host packages come first: the venv builds libvirt-python against libvirt-dev. The script is
 # idempotent and quick when everything is there, so it runs every time.
@@ -22,6 +22,10 @@ $(VENV)/.installed: pyproject.toml | host-deps
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# The one explicit change to the host (testbed setup prints each change it makes).
+setup: deps
+	$(PY) -m testbed setup
+
 image: deps
 	$(PY) -m testbed image bookworm
 
@@ -35,7 +39,7 @@ kernel: deps
 kernel-debug: deps
 	$(PY) -m testbed kernel build --debug
 
-demo: deps image qemu
+demo: deps setup image qemu
 	$(PY) -m testbed demo -f testbeds/two-node.yaml
 
 lint: venv
@@ -46,13 +50,13 @@ lint: venv
 test-unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
-test-vm: deps image qemu
+test-vm: deps setup image qemu
 	$(VENV)/bin/pytest -q tests/vm
 
-test: deps lint image qemu kernel kernel-debug
+test: deps setup lint image qemu kernel kernel-debug
 	$(VENV)/bin/pytest tests
 
-bench: deps image qemu
+bench: deps setup image qemu
 	$(PY) bench/bringup.py --runs 3
 
 clean-testbeds: venv

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
+import selectors
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from testbed.errors import CommandError, UserError
 
 log = logging.getLogger("testbed")
+STREAM_TAIL = 200  # output lines stream() keeps for the error message
 
 # A minimal, explicit environment: commands must not depend on the caller's shell.
 BASE_ENV = {
@@ -61,3 +65,54 @@ def run(
     if check and proc.returncode != 0:
         raise CommandError(args, proc.returncode, proc.stdout or "")
     return proc
+
+
+def stream(
+    argv: Sequence[str | Path],
+    on_line: Callable[[str], None],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    timeout: float | None = None,
+    tick: Callable[[], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Run argv like run(), handing each output line to on_line as it comes (long builds show
+    progress); tick is called about once a second even when the command is silent. Raises
+    CommandError with the output tail on failure or timeout."""
+    args = [str(a) for a in argv]
+    full_env = dict(BASE_ENV) | dict(env or {})
+    log.debug("+ %s", shlex.join(args))
+    try:
+        proc = subprocess.Popen(args, env=full_env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+    except FileNotFoundError as exc:
+        raise UserError(f"{args[0]}: command not found; run `make deps` (scripts/install-host-deps) to install it") from exc
+    assert proc.stdout is not None
+    tail: collections.deque[str] = collections.deque(maxlen=STREAM_TAIL)
+    deadline = None if timeout is None else clock() + timeout
+    pending = b""
+    with proc, selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            if deadline is not None and clock() > deadline:
+                proc.kill()
+                raise CommandError(args, -1, "\n".join(tail) + f"\n(timed out after {timeout}s)")
+            chunk = os.read(proc.stdout.fileno(), 65536) if sel.select(timeout=1.0) else None
+            if chunk == b"":
+                break
+            if chunk:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    line = raw.decode(errors="replace")
+                    tail.append(line)
+                    on_line(line)
+            if tick is not None:
+                tick()
+        if pending:
+            tail.append(pending.decode(errors="replace"))
+            on_line(tail[-1])
+        returncode = proc.wait()
+    if returncode != 0:
+        raise CommandError(args, returncode, "\n".join(tail))

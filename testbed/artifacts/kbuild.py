@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed import paths
-from testbed.artifacts import cache, patchseries
+from testbed.artifacts import buildlog, cache, patchseries
 from testbed.artifacts.bootfiles import Kernel, build_initramfs, build_modules_image
 from testbed.config.topology import KernelKind
 from testbed.errors import UserError
@@ -92,7 +92,7 @@ def cached(kind: KernelKind = KernelKind.MM_TEMPLATE) -> list[dict[str, Any]]:
 
 def build(source: Path | None = None, progress: Progress | None = None, jobs: int | None = None,
           debug: bool = False) -> Kernel:
-    note = progress or (lambda phase, msg: None)
+    note = progress or buildlog.stderr_progress
     version = source_version(source)
     key = build_key(version, debug)
     kind = KernelKind.MM_TEMPLATE_DEBUG if debug else KernelKind.MM_TEMPLATE
@@ -120,10 +120,9 @@ def build(source: Path | None = None, progress: Progress | None = None, jobs: in
     patchseries.apply(tree, series(), "the kernel source")
     config_hash = _configure(tree, env, debug)
     njobs = jobs or os.cpu_count() or 2
-    note("kernel", f"building bzImage and modules (-j{njobs}, ccache)")
-    t_build = time.monotonic()
-    run(["make", f"-j{njobs}", "CC=ccache gcc", "bzImage", "modules"], cwd=tree, env=env, timeout=7200)
-    build_s = time.monotonic() - t_build
+    build_s = buildlog.run_build(["make", f"-j{njobs}", "CC=ccache gcc", "bzImage", "modules"], "kernel",
+                                 f"building bzImage and modules (-j{njobs}, ccache)", note, cwd=tree, env=env,
+                                 timeout=7200)
     release = run(["make", "-s", "kernelrelease"], cwd=tree, env=env).stdout.strip()
     with cache.building(final) as out:
         stage = out / "stage"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed import paths
-from testbed.artifacts import cache, patchseries
+from testbed.artifacts import buildlog, cache, patchseries
 from testbed.config.topology import QemuKind
 from testbed.errors import UserError
 from testbed.hostcmd import run
@@ -131,7 +131,7 @@ def cached() -> list[dict[str, Any]]:
 
 
 def build(progress: Progress | None = None, jobs: int | None = None) -> Emulator:
-    note = progress or (lambda phase, msg: None)
+    note = progress or buildlog.stderr_progress
     patches = series()
     # The key needs the tarball's hash; a cached build is found without reading the tarball.
     final_glob = sorted((paths.cache_root() / "qemu").glob("patched-*/meta.json"))
@@ -157,10 +157,8 @@ def build(progress: Progress | None = None, jobs: int | None = None) -> Emulator
     run([tree / "configure", "--python=/usr/bin/python3", "--cc=ccache gcc", *CONFIGURE],
         cwd=bdir, env=env, timeout=900)
     njobs = jobs or os.cpu_count() or 2
-    note("qemu", f"building (-j{njobs}, ccache)")
-    t_build = time.monotonic()
-    run(["ninja", "-j", str(njobs)], cwd=bdir, env=env, timeout=7200)
-    build_s = time.monotonic() - t_build
+    build_s = buildlog.run_build(["ninja", "-j", str(njobs)], "qemu", f"building (-j{njobs}, ccache)", note,
+                                 cwd=bdir, env=env, timeout=7200)
     with cache.building(final) as out:
         stage = out / "stage"
         run(["ninja", "install"], cwd=bdir, env=env | {"DESTDIR": str(stage)}, timeout=900)

@@ -34,6 +34,11 @@ FIRST_HOST = 10  # node i gets the network address + FIRST_HOST + i
 QEMU_OVERHEAD = 384 * MiB
 MAX_MHDS_PER_NODE = 4
 MAX_NODES = 16
+# Extra QEMU arguments and kernel command-line text end up in libvirt XML and argv: bounded,
+# printable, one line (a newline would split a libvirt <cmdline> into something else).
+MAX_QEMU_ARGS = 64
+MAX_ARG_LEN = 1024
+PRINTABLE_RE = re.compile(r"^[\x20-\x7e]*\Z")
 
 
 class Accel(StrEnum):
@@ -46,6 +51,11 @@ class KernelKind(StrEnum):
     DEBIAN = "debian"
     MM_TEMPLATE = "mm-template"
     MM_TEMPLATE_DEBUG = "mm-template-debug"  # DEBUG_VM, lockdep: for the slow test tier
+    CUSTOM = "custom"  # `kernel: /path/to/bzImage`: the user's own build (never written as a kind)
+
+
+class Debug(StrEnum):
+    GDB = "gdb"  # QEMU's gdb stub, on 127.0.0.1 and a free port recorded in the state
 
 
 class QemuKind(StrEnum):
@@ -68,6 +78,8 @@ class NodeSpec:
     name: str
     vcpus: int = 1
     memory: Size = Size(1 * GiB)
+    qemu_args: tuple[str, ...] = ()
+    debug: Debug | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,8 @@ class NodeGroup:
     prefix: str = "node"
     vcpus: int = 1
     memory: Size = Size(1 * GiB)
+    qemu_args: tuple[str, ...] = ()
+    debug: Debug | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +118,9 @@ class RawTopology:
     nodes: Any
     mhds: tuple[MhdSpec, ...] = ()
     image: str = "bookworm"
-    kernel: KernelKind = KernelKind.MM_TEMPLATE
+    kernel: str = str(KernelKind.MM_TEMPLATE)  # a kind, or the path of the user's own bzImage
+    modules: str | None = None  # with a kernel path: INSTALL_MOD_PATH of `make modules_install`
+    append: str = ""  # extra kernel command-line arguments
     accelerator: Accel = Accel.AUTO
     qemu: QemuKind = QemuKind.PATCHED
     network: NetworkSpec = NetworkSpec()
@@ -129,6 +145,8 @@ class NodeConfig:
     vcpus: int
     memory: int
     address: str  # on the isolated network, with prefix length
+    qemu_args: tuple[str, ...] = ()  # passed through verbatim, after the testbed's own
+    debug: Debug | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +160,9 @@ class Topology:
     accelerator: Accel
     subnet: str
     qemu: QemuKind = QemuKind.PATCHED
+    kernel_path: str = ""  # with KernelKind.CUSTOM: the bzImage
+    modules: str = ""      # with KernelKind.CUSTOM: a modules tree (lib/modules/RELEASE), or none
+    append: str = ""
     text: str = field(default="", repr=False, compare=False)
 
     def node(self, name: str) -> NodeConfig:
@@ -194,7 +215,8 @@ def _nodes(doc: Document, raw: Any) -> list[tuple[NodeSpec, KeyPath]]:
             raise doc.error((*kp, "count"), f"must be between 1 and {MAX_NODES}, got {group.count}")
         if not NODE_RE.match(group.prefix):
             raise doc.error((*kp, "prefix"), f"unsafe name {group.prefix!r}: use [a-z][a-z0-9-]*")
-        spec = [(NodeSpec(f"{group.prefix}{i}", group.vcpus, group.memory), kp) for i in range(group.count)]
+        spec = [(NodeSpec(f"{group.prefix}{i}", group.vcpus, group.memory, group.qemu_args, group.debug), kp)
+                for i in range(group.count)]
         return spec
     if isinstance(raw, list):
         if not 1 <= len(raw) <= MAX_NODES:
@@ -223,6 +245,54 @@ def _subnet(doc: Document, text: str) -> ipaddress.IPv4Network:
     return net
 
 
+def _one_line(doc: Document, kp: KeyPath, text: str, what: str) -> None:
+    if len(text) > MAX_ARG_LEN:
+        raise doc.error(kp, f"{what} is longer than {MAX_ARG_LEN} characters")
+    if not PRINTABLE_RE.match(text):
+        raise doc.error(kp, f"{what} must be printable ASCII on one line (no newlines or control characters)")
+
+
+def _qemu_args(doc: Document, kp: KeyPath, args: tuple[str, ...]) -> None:
+    if len(args) > MAX_QEMU_ARGS:
+        raise doc.error(kp, f"at most {MAX_QEMU_ARGS} arguments, got {len(args)}")
+    for j, arg in enumerate(args):
+        _one_line(doc, (*kp, j), arg, "a QEMU argument")
+        if not arg:
+            raise doc.error((*kp, j), "an empty QEMU argument")
+
+
+def _existing(doc: Document, kp: KeyPath, text: str, want_dir: bool) -> str:
+    """An absolute path, relative ones taken from the topology file's folder, that exists."""
+    _one_line(doc, kp, text, "a path")
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = Path(doc.path).resolve().parent / path
+    ok = path.is_dir() if want_dir else path.is_file()
+    if not ok:
+        raise doc.error(kp, f"{path}: no such {'directory' if want_dir else 'file'}")
+    return str(path.resolve())
+
+
+def _kernel(doc: Document, raw: RawTopology) -> tuple[KernelKind, str, str]:
+    """`kernel:` names a kind, or (any value with a '/') the user's own bzImage."""
+    if "/" not in raw.kernel:
+        kinds = [k for k in KernelKind if k is not KernelKind.CUSTOM]
+        if raw.kernel not in kinds:
+            raise doc.error(("kernel",), f"expected one of {', '.join(kinds)} or the path of a bzImage "
+                            f"(containing a '/'), got {raw.kernel!r:.60}")
+        if raw.modules is not None:
+            raise doc.error(("modules",), "only with `kernel: /path/to/bzImage` (the built kernels bring their own)")
+        return KernelKind(raw.kernel), "", ""
+    image = _existing(doc, ("kernel",), raw.kernel, want_dir=False)
+    if raw.modules is None:
+        return KernelKind.CUSTOM, image, ""
+    modules = _existing(doc, ("modules",), raw.modules, want_dir=True)
+    if not (Path(modules) / "lib" / "modules").is_dir():
+        raise doc.error(("modules",), f"{modules}: no lib/modules inside (use the INSTALL_MOD_PATH of "
+                        "`make modules_install`)")
+    return KernelKind.CUSTOM, image, modules
+
+
 def parse(doc: Document, host: HostFacts | None = None) -> Topology:
     raw: RawTopology = from_mapping(doc, RawTopology, doc.data, ())
     if not NAME_RE.match(raw.name):
@@ -234,6 +304,8 @@ def parse(doc: Document, host: HostFacts | None = None) -> Topology:
     if not (paths.DATA / "images" / raw.image / "packages.txt").is_file():
         raise doc.error(("image",), f"unknown image {raw.image!r}: no images/{raw.image}/packages.txt")
     net = _subnet(doc, raw.network.subnet)
+    kind, kernel_path, modules = _kernel(doc, raw)
+    _one_line(doc, ("append",), raw.append, "append")
 
     nodes: list[NodeConfig] = []
     seen: dict[str, KeyPath] = {}
@@ -251,7 +323,9 @@ def parse(doc: Document, host: HostFacts | None = None) -> Topology:
         # Addresses by arithmetic: materialising net.hosts() of a /8 takes seconds and GiBs.
         if FIRST_HOST + i >= net.num_addresses - 1:  # the last address is the broadcast
             raise doc.error(("network", "subnet"), f"too small for {i + 1} nodes")
-        nodes.append(NodeConfig(spec.name, i, spec.vcpus, int(spec.memory), f"{net.network_address + FIRST_HOST + i}/{net.prefixlen}"))
+        _qemu_args(doc, (*kp, "qemu_args"), spec.qemu_args)
+        nodes.append(NodeConfig(spec.name, i, spec.vcpus, int(spec.memory), f"{net.network_address + FIRST_HOST + i}/{net.prefixlen}",
+                                spec.qemu_args, spec.debug))
 
     mhds: list[Mhd] = []
     mhd_names: set[str] = set()
@@ -289,8 +363,8 @@ def parse(doc: Document, host: HostFacts | None = None) -> Topology:
                             "only as MMIO); use `path: mmio` or `qemu: patched`")
         mhds.append(Mhd(m.name, i, int(m.size), tuple(heads), m.backing, m.hugetlbfs, int(m.window), m.path))
 
-    topo = Topology(raw.name, doc.path, tuple(nodes), tuple(mhds), raw.image, raw.kernel,
-                    raw.accelerator, str(net), raw.qemu)
+    topo = Topology(raw.name, doc.path, tuple(nodes), tuple(mhds), raw.image, kind,
+                    raw.accelerator, str(net), raw.qemu, kernel_path, modules, raw.append)
     if host is not None:
         check_host(doc, topo, host)
     return topo
@@ -322,10 +396,15 @@ def renamed_topology(path: str | Path, name: str, tmp: Path) -> Path:
     """A copy of a topology file under another testbed name (tests and benches use their own names)."""
     data: dict[str, Any] = yaml.safe_load(Path(path).read_text())
     data["name"] = name
+    # Paths in the file are relative to its folder, which the copy does not share.
+    for key in ("kernel", "modules"):
+        value = data.get(key)
+        if isinstance(value, str) and "/" in value and not Path(value).expanduser().is_absolute():
+            data[key] = str(Path(path).resolve().parent / value)
     out = tmp / f"{name}.yaml"
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     return out
 
 
-__all__ = ["Accel", "Backing", "CxlPath", "HostFacts", "KernelKind", "Mhd", "NodeConfig", "QemuKind", "Topology", "convert",
+__all__ = ["Accel", "Backing", "CxlPath", "Debug", "HostFacts", "KernelKind", "Mhd", "NodeConfig", "QemuKind", "Topology", "convert",
            "load", "renamed_topology"]

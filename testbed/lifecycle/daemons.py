@@ -4,8 +4,6 @@ virtlogd and libvirtd itself (they are host services, so they are left running).
 from __future__ import annotations
 
 import contextlib
-import grp
-import os
 import pwd
 import time
 from collections.abc import Iterator
@@ -15,6 +13,7 @@ import libvirt
 
 from testbed.errors import UserError
 from testbed.hostcmd import run
+from testbed.lifecycle.hostsetup import require_root
 
 URI = "qemu:///system"
 SOCKET = Path("/run/libvirt/libvirt-sock")
@@ -36,27 +35,11 @@ def _answers() -> bool:
         return False
 
 
-def fix_kvm_node() -> None:
-    """Give /dev/kvm Debian's udev permissions (root:kvm 0660) where no udev applied them.
-
-    libvirt probes QEMU as root (KVM found) but checks the cache as the QEMU user; if that
-    user cannot open /dev/kvm the capabilities never validate and every domain start
-    re-probes QEMU for about 80 s."""
-    kvm = Path("/dev/kvm")
-    try:
-        gid = grp.getgrnam("kvm").gr_gid
-        st = kvm.stat()
-    except (KeyError, OSError):
-        return
-    if st.st_gid != gid or (st.st_mode & 0o777) != 0o660:
-        os.chown(kvm, 0, gid)
-        kvm.chmod(0o660)
-
-
 def ensure_running(timeout: float = 30.0) -> None:
-    fix_kvm_node()
+    # /dev/kvm's permissions are `testbed setup`'s business (hostsetup.py), never a side effect.
     if _answers():
         return
+    require_root("starting libvirtd", f"libvirt's system instance ({URI}) is not answering")
     if Path("/run/systemd/system").is_dir():
         run(["systemctl", "start", "virtlogd.socket", "libvirtd.socket"], check=False)
     else:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from testbed import paths
 from testbed.errors import UserError
+from testbed.lifecycle import owner
+from testbed.lifecycle.hostsetup import NeedsRoot
 
 
 def lock_path(testbed: str) -> Path:
@@ -33,8 +35,13 @@ def _holder(fd: int) -> str:
 def testbed_lock(testbed: str) -> Iterator[None]:
     """Hold the testbed's lock for the body; raise UserError at once if another process has it."""
     path = lock_path(testbed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except PermissionError:
+        # Not a traceback: the state root (and libvirt's system instance after it) is root's.
+        raise NeedsRoot(f"testbed up/down of {testbed}",
+                        f"{path.parent} and libvirt's system instance belong to root") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -46,6 +53,8 @@ def testbed_lock(testbed: str) -> Iterator[None]:
         # Truncate first: a shorter pid must not leave digits of the previous holder's.
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # Under the lock, so the state (and its owner) cannot change while this is decided.
+        owner.check(testbed, owner.recorded(paths.testbed_dir(testbed) / "state.json"))
         yield
     finally:
         os.close(fd)  # releases the flock

@@ -18,7 +18,7 @@ import libvirt
 
 from testbed import paths
 from testbed.access import node as remote
-from testbed.artifacts import image, kernel, qemu
+from testbed.artifacts import image, kernel, ownkernel, qemu
 from testbed.config.topology import Topology
 from testbed.errors import Interrupted, NodeError, TestbedError, UserError
 from testbed.hostcmd import run
@@ -315,21 +315,25 @@ def _up(topo: Topology, progress: Progress) -> tuple[st.State, bool]:
         # Leftovers of a crashed or half-finished run are cleared before starting again.
         sweep(conn, topo.name)
         progress("kernel", f"kernel {topo.kernel}")
-        kern = kernel.resolve(topo.kernel)
+        kern = (ownkernel.resolve(Path(topo.kernel_path), Path(topo.modules) if topo.modules else None)
+                if topo.kernel_path else kernel.resolve(topo.kernel))
         progress("qemu", f"qemu {topo.qemu}")
         emu = qemu.resolve(topo.qemu)
         progress("image", f"image {topo.image}")
         base = image.build(topo.image)
         acc = accel_mod.resolve(topo.accelerator, emu.path)
         t_ready = time.monotonic()
-        ports = _free_ports(len(topo.nodes))
+        gdb_nodes = [n.name for n in topo.nodes if n.debug is not None]
+        ports = _free_ports(len(topo.nodes) + len(gdb_nodes))
+        gdb_ports = dict(zip(gdb_nodes, ports[len(topo.nodes):], strict=True))
         state = st.State(topo.name, topo.source, topo.text, config_hash(topo), accel=str(acc),
                          kernel={"kind": str(kern.kind), "release": kern.release, "dir": str(kern.directory)},
                          qemu={"kind": str(emu.kind), "path": str(emu.path), "version": emu.version, "key": emu.key},
                          image=str(base.path))
-        for node, port in zip(topo.nodes, ports, strict=True):
+        for node, port in zip(topo.nodes, ports, strict=False):
             state.nodes[node.name] = st.NodeState(node.name, names.domain(topo.name, node.name), port,
-                                                  node.address, [m.name for m in topo.mhds_of(node.name)])
+                                                  node.address, [m.name for m in topo.mhds_of(node.name)],
+                                                  gdb_ports.get(node.name, 0))
         with transaction(conn, layout, state) as tx:
             layout.root.chmod(0o711)  # QEMU (libvirt-qemu) must traverse to its node dir
             layout.ssh_dir.mkdir(mode=0o700)
@@ -342,7 +346,8 @@ def _up(topo: Topology, progress: Progress) -> tuple[st.State, bool]:
             for node in topo.nodes:
                 _prepare_node(tx, topo, node.name, base.path, client_pub)
                 xml = render.domain_xml(topo, node, accel=acc, kernel=kern, emulator=emu.path,
-                                        ssh_port=state.nodes[node.name].ssh_port, layout=layout)
+                                        ssh_port=state.nodes[node.name].ssh_port, layout=layout,
+                                        gdb_port=state.nodes[node.name].gdb_port)
                 tx.record(st.Kind.DOMAIN, names.domain(topo.name, node.name))
                 conn.createXML(xml, 0)
                 progress("boot", f"{node.name} started")

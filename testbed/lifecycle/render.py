@@ -8,7 +8,7 @@ from pathlib import Path
 import jinja2
 
 from testbed.artifacts.kernel import Kernel
-from testbed.config.topology import Accel, CxlPath, NodeConfig, QemuKind, Topology
+from testbed.config.topology import Accel, CxlPath, Debug, NodeConfig, QemuKind, Topology
 from testbed.lifecycle import names
 
 CMDLINE = "console=ttyS0 loglevel=4 panic=-1 mitigations=off"
@@ -43,7 +43,13 @@ def device_id(k: int) -> str:
     return f"cxltb-vmem{k}"
 
 
-def qemu_args(topo: Topology, node: NodeConfig, ssh_port: int, layout: names.Layout) -> list[str]:
+def cmdline(topo: Topology) -> str:
+    return f"{CMDLINE} {topo.append}" if topo.append else CMDLINE
+
+
+def qemu_args(topo: Topology, node: NodeConfig, ssh_port: int, layout: names.Layout, gdb_port: int = 0) -> list[str]:
+    """The CXL devices and the control network, then the gdb stub (loopback only) and the
+    node's own `qemu_args:`, last so that they can add to what the testbed set."""
     args = ["-machine", "cxl=on"]
     args += ["-netdev", f"user,id=tbctl,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"]
     args += ["-device", f"virtio-net-pci,netdev=tbctl,mac={names.mac(topo.name, node.name, 'ctl')},"
@@ -65,7 +71,10 @@ def qemu_args(topo: Topology, node: NodeConfig, ssh_port: int, layout: names.Lay
         fmw.append(f"cxl-fmw.{k}.targets.0=cxl.{k},cxl-fmw.{k}.size={mhd.window}")
     if fmw:
         args += ["-M", ",".join(fmw)]
-    return args
+    if node.debug is Debug.GDB:
+        # `up` always passes the free port it allocated; 0 is the dry run's placeholder, as for ssh.
+        args += ["-gdb", f"tcp:127.0.0.1:{gdb_port}"]
+    return args + list(node.qemu_args)
 
 
 def node_env(topo: Topology, node: NodeConfig) -> str:
@@ -80,7 +89,7 @@ def node_env(topo: Topology, node: NodeConfig) -> str:
 
 
 def domain_xml(topo: Topology, node: NodeConfig, *, accel: Accel, kernel: Kernel, emulator: Path, ssh_port: int,
-               layout: names.Layout) -> str:
+               layout: names.Layout, gdb_port: int = 0) -> str:
     maxmem = node.memory + sum(m.window for m in topo.mhds_of(node.name))
     return _env.get_template("domain.xml.j2").render(
         accel=ACCELS[accel],
@@ -90,13 +99,13 @@ def domain_xml(topo: Topology, node: NodeConfig, *, accel: Accel, kernel: Kernel
         memory_mib=node.memory >> 20,
         maxmem_mib=max(maxmem, 2 * node.memory) >> 20,
         kernel=kernel,
-        cmdline=CMDLINE,
+        cmdline=cmdline(topo),
         emulator=emulator,
         overlay=layout.overlay(node.name),
         network=names.network(topo.name),
         data_mac=names.mac(topo.name, node.name, "data"),
         console=layout.console(node.name),
-        qemu_args=qemu_args(topo, node, ssh_port, layout),
+        qemu_args=qemu_args(topo, node, ssh_port, layout, gdb_port),
     )
 
 

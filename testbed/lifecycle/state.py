@@ -13,6 +13,7 @@ from typing import Any
 from testbed import paths
 from testbed.errors import UserError
 from testbed.lifecycle import names
+from testbed.lifecycle import owner as owner_mod
 from testbed.lifecycle.names import Layout
 
 
@@ -35,6 +36,7 @@ class NodeState:
     ssh_port: int
     address: str
     mhds: list[str]
+    gdb_port: int = 0  # `debug: gdb`: QEMU's gdb stub on 127.0.0.1:gdb_port; 0 without one
 
 
 @dataclass
@@ -51,6 +53,9 @@ class State:
     objects: list[dict[str, str]] = field(default_factory=list)
     nodes: dict[str, NodeState] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # Who brought it up (under sudo, the invoking user); -1 in files from before owners.
+    owner_uid: int = field(default_factory=lambda: owner_mod.caller().uid)
+    owner_name: str = field(default_factory=lambda: owner_mod.caller().name)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,7 +76,13 @@ class State:
                    config_hash=_str(obj.get("config_hash"), "config_hash"),
                    phase=Phase(_str(obj.get("phase", Phase.CREATING), "phase")), accel=_str(obj.get("accel", ""), "accel"),
                    kernel=_strings(obj.get("kernel", {}), "kernel"), qemu=_strings(obj.get("qemu", {}), "qemu"),
-                   image=_str(obj.get("image", ""), "image"), objects=objects, nodes=nodes, timings=timings)
+                   image=_str(obj.get("image", ""), "image"), objects=objects, nodes=nodes, timings=timings,
+                   owner_uid=_int(obj.get("owner_uid", -1), "owner_uid"), owner_name=_str(obj.get("owner_name", ""), "owner_name"))
+
+
+def gdb_line(node: str, port: int) -> str:
+    """What `up` and `status` print for a node with `debug: gdb`."""
+    return f"{node}: gdb stub on 127.0.0.1:{port} (gdb vmlinux -ex 'target remote 127.0.0.1:{port}')"
 
 
 # --- parsing helpers: each raises ValueError naming the field that is wrong ---------------
@@ -122,7 +133,8 @@ def _node(name: str, v: object) -> NodeState:
     o = _object(v, f"nodes.{name}")
     mhds = [_str(m, f"nodes.{name}.mhds[]") for m in _list(o.get("mhds"), f"nodes.{name}.mhds")]
     return NodeState(_str(o.get("name"), f"nodes.{name}.name"), _str(o.get("domain"), f"nodes.{name}.domain"),
-                     _int(o.get("ssh_port"), f"nodes.{name}.ssh_port"), _str(o.get("address"), f"nodes.{name}.address"), mhds)
+                     _int(o.get("ssh_port"), f"nodes.{name}.ssh_port"), _str(o.get("address"), f"nodes.{name}.address"), mhds,
+                     _int(o.get("gdb_port", 0), f"nodes.{name}.gdb_port"))
 
 
 def save(layout: Layout, state: State) -> None:

@@ -24,6 +24,8 @@ from rich.table import Table
 from testbed import __version__
 from testbed.config.topology import NAME_RE, NODE_RE
 from testbed.errors import Interrupted, TestbedError, UserError, printable, shorten
+from testbed.lifecycle import hostsetup, owner
+from testbed.lifecycle import state as st
 from testbed.ui.ops import Ops as Ops
 from testbed.ui.progress import PhaseProgress as PhaseProgress  # the executor's import, until it takes a factory
 
@@ -44,6 +46,7 @@ class Verb(StrEnum):
     SSH = "ssh"
     CONSOLE = "console"
     DOCTOR = "doctor"
+    SETUP = "setup"
     DEMO = "demo"
     IMAGE = "image"
     KERNEL = "kernel"
@@ -61,9 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     up = sub.add_parser(Verb.UP, help="bring a testbed up (idempotent)")
     up.add_argument("-f", "--file", required=True, type=Path, help="topology YAML")
+    up.add_argument("--force", action="store_true", help="as root: act on a testbed another user owns")
     down = sub.add_parser(Verb.DOWN, help="remove every object of a testbed")
     down.add_argument("name", nargs="?", help="testbed name")
     down.add_argument("-f", "--file", type=Path, help="topology YAML (instead of a name)")
+    down.add_argument("--force", action="store_true", help="as root: remove a testbed another user owns")
     status = sub.add_parser(Verb.STATUS, help="testbeds, nodes, CXL devices")
     status.add_argument("name", nargs="?")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -79,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     con.add_argument("node")
     con.add_argument("--follow", action="store_true")
     sub.add_parser(Verb.DOCTOR, help="check the host and say how to fix what is missing")
+    sub.add_parser(Verb.SETUP, help="make the host changes doctor reports (/dev/kvm permissions), saying each")
     demo = sub.add_parser(Verb.DEMO, help="up, prove cross-head sharing, print a summary, down")
     demo.add_argument("-f", "--file", type=Path, default=Path("testbeds/two-node.yaml"))
     demo.add_argument("--keep", action="store_true", help="leave the testbed up")
@@ -130,13 +136,17 @@ def _require_node(testbed: str, state: State, node: str, *extra: str) -> None:
 def cmd_up(args: argparse.Namespace, ops: Ops) -> int:
     topo = ops.load_topology(args.file, ops.host_facts())
     t0 = time.monotonic()
-    with PhaseProgress(topo.name, len(topo.nodes)) as progress, ops.open_testbed(topo, True, progress) as tb:
+    with owner.forcing(args.force), PhaseProgress(topo.name, len(topo.nodes)) as progress, \
+            ops.open_testbed(topo, True, progress) as tb:
         pass  # up, and left up
     if not tb.created:
         out.print(f"testbed {topo.name} is already up")
     else:
         out.print(f"testbed {topo.name} up in {time.monotonic() - t0:.1f}s ({tb.state.accel}, "
                   f"{len(tb.state.nodes)} nodes)")
+    for ns in tb.state.nodes.values():
+        if ns.gdb_port:
+            print(st.gdb_line(ns.name, ns.gdb_port))
     return 0
 
 
@@ -148,7 +158,8 @@ def cmd_down(args: argparse.Namespace, ops: Ops) -> int:
     else:
         raise UserError("testbed down: give a testbed name or -f TOPOLOGY")
     t0 = time.monotonic()
-    removed = ops.down(name) or []
+    with owner.forcing(args.force):
+        removed = ops.down(name) or []
     out.print(f"testbed {name} down in {time.monotonic() - t0:.1f}s ({len(removed)} objects removed)")
     return 0
 
@@ -189,6 +200,9 @@ def cmd_status(args: argparse.Namespace, ops: Ops) -> int:
                               dev.get("region", ""), f"{int(size, 16) >> 20} MiB" if size else "",
                               dev.get("path", ""), path)
         out.print(table)
+        for n in tb["nodes"]:
+            if "gdb" in n:
+                print(st.gdb_line(n["name"], n["gdb"]["port"]))
     return failed
 
 
@@ -262,6 +276,10 @@ def cmd_doctor(args: argparse.Namespace, ops: Ops) -> int:
         if not c.ok and c.fix:
             out.print(f"       fix: {c.fix}")
     return 0 if all(c.ok for c in checks) else 1
+
+
+def cmd_setup(args: argparse.Namespace, ops: Ops) -> int:
+    return hostsetup.setup(print)
 
 
 def cmd_demo(args: argparse.Namespace, ops: Ops) -> int:
@@ -371,7 +389,7 @@ def cmd_export(args: argparse.Namespace, ops: Ops) -> int:
 
 DISPATCH: dict[Verb, Callable[[argparse.Namespace, Ops], int]] = {
     Verb.UP: cmd_up, Verb.DOWN: cmd_down, Verb.STATUS: cmd_status, Verb.EXEC: cmd_exec,
-    Verb.SSH: cmd_ssh, Verb.CONSOLE: cmd_console, Verb.DOCTOR: cmd_doctor, Verb.DEMO: cmd_demo,
+    Verb.SSH: cmd_ssh, Verb.CONSOLE: cmd_console, Verb.DOCTOR: cmd_doctor, Verb.SETUP: cmd_setup, Verb.DEMO: cmd_demo,
     Verb.IMAGE: cmd_image, Verb.KERNEL: cmd_kernel, Verb.QEMU: cmd_qemu,
     Verb.RUN: cmd_run, Verb.REPORT: cmd_report, Verb.COMPARE: cmd_compare, Verb.EXPORT: cmd_export,
 }

@@ -13,7 +13,7 @@ from testbed.artifacts import qemu
 from testbed.config.topology import host_facts
 from testbed.errors import TestbedError
 from testbed.hostcmd import run
-from testbed.lifecycle import accel, daemons
+from testbed.lifecycle import accel, daemons, hostsetup
 
 MIN_QEMU = (8, 0)
 DEPS = "make deps   (runs scripts/install-host-deps: bookworm-backports QEMU 10, libvirt 11, tools)"
@@ -115,8 +115,19 @@ def _root() -> Check:
     return Check("root", ok, "running as root" if ok else "not root", "" if ok else "run as root (sudo testbed ...)")
 
 
-def run_checks() -> list[Check]:
-    checks = [_root(), _qemu(), _patched_qemu(), *_tools(), _libvirt(), *_memory_disk()]
+def host_setup_check() -> Check:
+    """What `testbed setup` would change; doctor only reports it."""
+    changes = hostsetup.planned()
+    if not changes:
+        return Check("host-setup", True, "nothing for `testbed setup` to change")
+    return Check("host-setup", False, "; ".join(c.describe() for c in changes),
+                 "sudo testbed setup   (make demo and make test run it; it prints what it changes)")
+
+
+def run_checks(euid: int | None = None) -> list[Check]:
+    hostsetup.require_root("testbed doctor", f"it starts libvirtd and checks {daemons.URI}, "
+                           f"{paths.cache_root()} and /dev/kvm", euid)
+    checks = [_root(), _qemu(), _patched_qemu(), *_tools(), _libvirt(), host_setup_check(), *_memory_disk()]
     if all(c.ok for c in checks):
         checks.append(_kvm())
     return checks

@@ -51,7 +51,7 @@ def testbed_status(conn: libvirt.virConnect, testbed: str, probe: bool = True) -
             "name": ns.name, "domain": ns.domain, "state": dstate, "address": ns.address,
             "ssh": {"host": "127.0.0.1", "port": ns.ssh_port, "user": "root", "key": str(layout.client_key)},
             "mhds": ns.mhds,
-        })
+        } | ({"gdb": {"host": "127.0.0.1", "port": ns.gdb_port}} if ns.gdb_port else {}))
     if probe and running:
         with Testbed(state) as tb, ThreadPoolExecutor(max_workers=len(running)) as pool:
             infos = dict(zip(running, pool.map(lambda n: _guest_info(tb, n), running), strict=True))

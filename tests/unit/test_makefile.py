@@ -37,3 +37,10 @@ def test_the_patched_qemu_is_built_before_it_is_used(target: str) -> None:
     lines = dry_run(target)
     use = "testbed demo" if target == "demo" else "pytest tests"
     assert first(lines, "testbed qemu build") < first(lines, use)
+
+
+@pytest.mark.parametrize("target", ["demo", "test", "test-vm"])
+def test_the_explicit_host_setup_runs_before_any_testbed(target: str) -> None:
+    lines = dry_run(target)
+    use = {"demo": "testbed demo", "test": "pytest tests", "test-vm": "pytest -q tests/vm"}[target]
+    assert first(lines, "-m venv") < first(lines, "testbed setup") < first(lines, use)

@@ -21,7 +21,9 @@ HOST = HostFacts(mem_available=64 << 30, cpus=8)
 KERNEL = Kernel(KernelKind.DEBIAN, "6.12.95+deb12-amd64", Path("/cache/kernels/debian-0123456789ab"))
 EMULATOR = Path("/cache/qemu/patched-0123456789ab/bin/qemu-system-x86_64")
 CASES = [("two-node", "node0", Accel.TCG), ("two-node", "node1", Accel.KVM), ("four-node", "node2", Accel.TCG),
-         ("two-node-mmio", "node0", Accel.TCG), ("two-node-debian-qemu", "node1", Accel.TCG)]
+         ("two-node-mmio", "node0", Accel.TCG), ("two-node-debian-qemu", "node1", Accel.TCG),
+         ("dev-knobs", "node0", Accel.TCG), ("dev-knobs", "node1", Accel.TCG)]
+GDB_PORT = 41234  # what provision allocates for a node with `debug: gdb`
 
 
 @pytest.fixture(autouse=True)
@@ -78,14 +80,15 @@ def test_a_missing_tool_fails_in_ci_and_skips_elsewhere() -> None:
 def test_domain_xml_golden(tb: str, node: str, accel: Accel) -> None:
     topo = load(REPO / "testbeds" / f"{tb}.yaml", HOST)
     xml = render.domain_xml(topo, topo.node(node), accel=accel, kernel=KERNEL, emulator=EMULATOR, ssh_port=40022,
-                            layout=names.Layout(topo.name))
+                            layout=names.Layout(topo.name), gdb_port=GDB_PORT if topo.node(node).debug else 0)
     _check(f"{tb}.{node}.{accel}.xml", xml)
 
 
 @pytest.mark.parametrize(("tb", "node", "accel"), CASES)
 def test_qemu_args_golden(tb: str, node: str, accel: Accel) -> None:
     topo = load(REPO / "testbeds" / f"{tb}.yaml", HOST)
-    args = render.qemu_args(topo, topo.node(node), 40022, names.Layout(topo.name))
+    args = render.qemu_args(topo, topo.node(node), 40022, names.Layout(topo.name),
+                            GDB_PORT if topo.node(node).debug else 0)
     _check(f"{tb}.{node}.qemu-args.txt", "\n".join(args) + "\n")
 
 

@@ -86,6 +86,20 @@ BAD = [
     ("bad qemu", BASE + "qemu: mine\n", 9, "qemu", "one of patched, debian"),
     ("bad cxl path", BASE + "    path: fast\n", 9, "mhds[0].path", "one of direct, mmio"),
     ("direct path on debian qemu", "qemu: debian\n" + BASE, 7, "mhds[0].path", "direct needs `qemu: patched`"),
+    ("kernel path missing", BASE + "kernel: /no/such/bzImage\n", 9, "kernel", "no such file"),
+    ("kernel: custom is not a kind", BASE + "kernel: custom\n", 9, "kernel", "path of a bzImage"),
+    ("modules without a kernel path", BASE + "modules: /tmp\n", 9, "modules", "only with `kernel: /path"),
+    ("append with a newline", BASE + "append: \"a\\nb\"\n", 9, "append", "one line"),
+    ("append not a string", BASE + "append: [a]\n", 9, "append", "expected a string"),
+    ("qemu_args not a list", BASE.replace("  - name: a\n", "  - name: a\n    qemu_args: -s\n"), 4,
+     "nodes[0].qemu_args", "expected a list"),
+    ("qemu_args item not a string", BASE.replace("  - name: a\n", "  - name: a\n    qemu_args: [1]\n"), 4,
+     "nodes[0].qemu_args[0]", "expected a string"),
+    ("qemu_args control character", BASE.replace("  - name: a\n", "  - name: a\n    qemu_args: [\"a\\tb\"]\n"), 4,
+     "nodes[0].qemu_args[0]", "printable"),
+    ("qemu_args empty item", BASE.replace("  - name: a\n", "  - name: a\n    qemu_args: ['']\n"), 4,
+     "nodes[0].qemu_args[0]", "empty"),
+    ("bad debug", BASE.replace("  - name: a\n", "  - name: a\n    debug: lldb\n"), 4, "nodes[0].debug", "one of gdb"),
 ]
 
 

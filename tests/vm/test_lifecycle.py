@@ -121,3 +121,45 @@ def test_hugetlbfs_backing(tmp_path: Path) -> None:
             subprocess.run(["umount", str(mnt)], check=False)
     assert_clean(name)
     assert not list(mnt.glob(f"cxltb-{name}_*"))
+
+
+def _mm_template_vmlinuz() -> Path:
+    found = sorted(Path("/var/cache/cxl-testbed/kernels").glob("mm-template-????????????/vmlinuz"))
+    if not found:
+        pytest.skip("no cached mm-template kernel (`testbed kernel build`)")
+    return found[-1]
+
+
+def _gdb_answers(port: int) -> bytes:
+    """Ask QEMU's gdb stub why the guest stopped ('?'): any '$...#xx' packet is an answer."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"+$?#3f")
+        data = b""
+        while b"#" not in data:
+            chunk = s.recv(256)
+            if not chunk:
+                break
+            data += chunk
+        s.sendall(b"+$D#44")  # detach: the guest runs on
+    return data
+
+
+def test_own_kernel_path_append_and_gdb_stub(tmp_path: Path) -> None:
+    """A node booted from an explicit bzImage path (no modules: what it has built in), with
+    extra command-line arguments, extra QEMU arguments and a gdb stub on loopback."""
+    vmlinuz = _mm_template_vmlinuz()
+    name = f"own-{os.getpid() % 1000}"
+    src = tmp_path / "src.yaml"
+    src.write_text(f"name: x\nkernel: {vmlinuz}\nappend: cxltb.owntest=1\n"
+                   "nodes:\n  - name: node0\n    debug: gdb\n    qemu_args: ['-d', 'guest_errors']\n"
+                   "mhds:\n  - name: mhd0\n    size: 512MiB\n")
+    topo = load(renamed_topology(src, name, tmp_path), host_facts())
+    with Testbed.up(topo) as tb:
+        assert tb.state.kernel["kind"] == "custom" and tb.state.kernel["release"] == "6.12.95"
+        assert tb.exec("node0", "uname", "-r").stdout.strip() == tb.state.kernel["release"]
+        assert "cxltb.owntest=1" in tb.exec("node0", "cat", "/proc/cmdline").stdout
+        port = tb.state.nodes["node0"].gdb_port
+        assert port and _gdb_answers(port).startswith(b"+$")
+    assert_clean(name)
