@@ -10,7 +10,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from enum import StrEnum
 from pathlib import Path
@@ -22,13 +21,13 @@ from rich.console import Console
 from rich.table import Table
 
 from testbed import __version__
-from testbed.config.topology import NAME_RE, NODE_RE
+from testbed.config.topology import NAME_RE
 from testbed.errors import Interrupted, TestbedError, UserError, printable, shorten
+from testbed.ui import node_commands as node_cmds
 from testbed.ui.ops import Ops as Ops
 from testbed.ui.progress import PhaseProgress as PhaseProgress  # the executor's import, until it takes a factory
 
 if TYPE_CHECKING:
-    from testbed.lifecycle.state import State
     from testbed.lifecycle.testbed import Testbed
 
 log = logging.getLogger("testbed")
@@ -42,6 +41,8 @@ class Verb(StrEnum):
     STATUS = "status"
     EXEC = "exec"
     SSH = "ssh"
+    SSH_CONFIG = "ssh-config"
+    CP = "cp"
     CONSOLE = "console"
     DOCTOR = "doctor"
     DEMO = "demo"
@@ -67,13 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser(Verb.STATUS, help="testbeds, nodes, CXL devices")
     status.add_argument("name", nargs="?")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    ex = sub.add_parser(Verb.EXEC, help="run a command on a node, or on all nodes in parallel")
-    ex.add_argument("-t", "--testbed", help="testbed name (default: the only one up)")
-    ex.add_argument("node", help="node name or 'all'")
-    ex.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
-    ssh = sub.add_parser(Verb.SSH, help="interactive SSH session on a node")
-    ssh.add_argument("-t", "--testbed")
-    ssh.add_argument("node")
+    node_cmds.add_arguments(sub)
     con = sub.add_parser(Verb.CONSOLE, help="print a node's serial console log")
     con.add_argument("-t", "--testbed")
     con.add_argument("node")
@@ -107,24 +102,6 @@ def _check_name(name: str, what: str, regex: Pattern[str] = NAME_RE) -> str:
     if not regex.match(name):
         raise UserError(f"invalid {what} name {name!r}: use [a-z][a-z0-9-]*")
     return name
-
-
-def _testbed(args: argparse.Namespace, ops: Ops) -> str:
-    if getattr(args, "testbed", None):
-        return _check_name(args.testbed, "testbed")
-    from testbed import paths
-
-    known = ops.known(paths.state_root())
-    if len(known) == 1:
-        return str(known[0])
-    if not known:
-        raise UserError("no testbed is up; run `testbed up -f testbeds/two-node.yaml`")
-    raise UserError(f"several testbeds are up ({', '.join(known)}); choose one with -t NAME")
-
-
-def _require_node(testbed: str, state: State, node: str, *extra: str) -> None:
-    if node not in state.nodes and node not in extra:
-        raise UserError(f"testbed {testbed} has no node {node!r} (nodes: {', '.join([*state.nodes, *extra])})")
 
 
 def cmd_up(args: argparse.Namespace, ops: Ops) -> int:
@@ -192,53 +169,10 @@ def cmd_status(args: argparse.Namespace, ops: Ops) -> int:
     return failed
 
 
-def cmd_exec(args: argparse.Namespace, ops: Ops) -> int:
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        raise UserError("testbed exec: no command given; usage: testbed exec NODE|all -- COMMAND")
-    name = _testbed(args, ops)
-    with ops.attach(name) as tb:
-        _require_node(name, tb.state, args.node, "all")
-        targets = list(tb.state.nodes) if args.node == "all" else [args.node]
-
-        def one(node: str) -> tuple[str, int, str, str]:
-            r = tb.node(node).run(command, check=False, stream=len(targets) == 1)
-            return node, r.exit_code, r.stdout, r.stderr
-
-        with ThreadPoolExecutor(max_workers=len(targets)) as pool:
-            results = list(pool.map(one, targets))
-    worst = 0
-    for node, code, stdout, stderr in results:
-        if len(targets) > 1:
-            for line in stdout.splitlines():
-                print(f"{node} | {line}")
-            for line in stderr.splitlines():
-                print(f"{node} ! {line}", file=sys.stderr)
-        if code != 0:
-            print(f"testbed: {node}: exit code {code}", file=sys.stderr)
-            worst = max(worst, code)
-    return worst
-
-
-def cmd_ssh(args: argparse.Namespace, ops: Ops) -> int:
-    name = _testbed(args, ops)
-    with ops.attach(name) as tb:
-        _check_name(args.node, "node", NODE_RE)
-        _require_node(name, tb.state, args.node)
-        layout = tb.layout
-        argv = ["ssh", "-i", str(layout.client_key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                "-o", f"UserKnownHostsFile={layout.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-                "-p", str(tb.state.nodes[args.node].ssh_port), "root@127.0.0.1"]
-    ops.execv("/usr/bin/ssh", argv)
-    return 0
-
-
 def cmd_console(args: argparse.Namespace, ops: Ops) -> int:
-    name = _testbed(args, ops)
+    name = node_cmds.testbed_name(args, ops)
     with ops.attach(name) as tb:
-        _require_node(name, tb.state, args.node)
+        node_cmds.require_node(name, tb.state, args.node)
     path = tb.layout.console(args.node)
     if not path.exists():
         raise UserError(f"{path}: no console log yet")
@@ -370,8 +304,9 @@ def cmd_export(args: argparse.Namespace, ops: Ops) -> int:
 
 
 DISPATCH: dict[Verb, Callable[[argparse.Namespace, Ops], int]] = {
-    Verb.UP: cmd_up, Verb.DOWN: cmd_down, Verb.STATUS: cmd_status, Verb.EXEC: cmd_exec,
-    Verb.SSH: cmd_ssh, Verb.CONSOLE: cmd_console, Verb.DOCTOR: cmd_doctor, Verb.DEMO: cmd_demo,
+    Verb.UP: cmd_up, Verb.DOWN: cmd_down, Verb.STATUS: cmd_status, Verb.EXEC: node_cmds.cmd_exec,
+    Verb.SSH: node_cmds.cmd_ssh, Verb.SSH_CONFIG: node_cmds.cmd_ssh_config, Verb.CP: node_cmds.cmd_cp,
+    Verb.CONSOLE: cmd_console, Verb.DOCTOR: cmd_doctor, Verb.DEMO: cmd_demo,
     Verb.IMAGE: cmd_image, Verb.KERNEL: cmd_kernel, Verb.QEMU: cmd_qemu,
     Verb.RUN: cmd_run, Verb.REPORT: cmd_report, Verb.COMPARE: cmd_compare, Verb.EXPORT: cmd_export,
 }

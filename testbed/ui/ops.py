@@ -5,6 +5,7 @@ for every verb."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -164,6 +165,16 @@ def _cxl_paths(state: State) -> list[JsonDict]:
     return cxlpath.read_for_state(state)
 
 
+def _read_stdin() -> bytes | None:
+    """What is piped into the command, for `exec`; None when stdin is a terminal (or closed)."""
+    try:
+        if sys.stdin is None or sys.stdin.isatty():
+            return None
+        return sys.stdin.buffer.read()
+    except (OSError, ValueError):  # closed, or unreadable (as under pytest's capture)
+        return None
+
+
 @dataclass
 class Ops:
     """The side-effecting operations the CLI calls; replaced by fakes in unit tests."""
@@ -186,6 +197,7 @@ class Ops:
     list_qemus: Callable[[], list[JsonDict]] = _list_qemus
     cxl_paths: Callable[[State], list[JsonDict]] = _cxl_paths
     execv: Callable[[str, list[str]], object] = os.execv
+    read_stdin: Callable[[], bytes | None] = _read_stdin
 
     def attach(self, name: str) -> Testbed:
         from testbed.lifecycle.testbed import Testbed
