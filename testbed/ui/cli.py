@@ -52,6 +52,7 @@ class Verb(StrEnum):
     RUN = "run"
     REPORT = "report"
     COMPARE = "compare"
+    VALIDATE = "validate"
     EXPORT = "export"
 
 
@@ -62,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     up = sub.add_parser(Verb.UP, help="bring a testbed up (idempotent)")
     up.add_argument("-f", "--file", required=True, type=Path, help="topology YAML")
+    up.add_argument("--dry-run", action="store_true",
+                    help="print the domain XML, QEMU arguments and plan; create nothing")
+    val = sub.add_parser(Verb.VALIDATE, help="check a topology or scenario file (told apart by content)")
+    val.add_argument("file", type=Path)
     down = sub.add_parser(Verb.DOWN, help="remove every object of a testbed")
     down.add_argument("name", nargs="?", help="testbed name")
     down.add_argument("-f", "--file", type=Path, help="topology YAML (instead of a name)")
@@ -106,6 +111,11 @@ def _check_name(name: str, what: str, regex: Pattern[str] = NAME_RE) -> str:
 
 def cmd_up(args: argparse.Namespace, ops: Ops) -> int:
     topo = ops.load_topology(args.file, ops.host_facts())
+    if args.dry_run:
+        from testbed.ui import dryrun
+
+        sys.stdout.write(dryrun.topology_text(topo, ops.locate_artifacts(topo)))
+        return 0
     t0 = time.monotonic()
     with PhaseProgress(topo.name, len(topo.nodes)) as progress, ops.open_testbed(topo, True, progress) as tb:
         pass  # up, and left up
@@ -279,6 +289,13 @@ def cmd_qemu(args: argparse.Namespace, ops: Ops) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace, ops: Ops) -> int:
+    from testbed.ui import validate
+
+    print(validate.describe(args.file, ops))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace, ops: Ops) -> int:
     from testbed.ui import scenario_commands as commands
 
@@ -309,6 +326,7 @@ DISPATCH: dict[Verb, Callable[[argparse.Namespace, Ops], int]] = {
     Verb.CONSOLE: cmd_console, Verb.DOCTOR: cmd_doctor, Verb.DEMO: cmd_demo,
     Verb.IMAGE: cmd_image, Verb.KERNEL: cmd_kernel, Verb.QEMU: cmd_qemu,
     Verb.RUN: cmd_run, Verb.REPORT: cmd_report, Verb.COMPARE: cmd_compare, Verb.EXPORT: cmd_export,
+    Verb.VALIDATE: cmd_validate,
 }
 
 

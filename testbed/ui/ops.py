@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from testbed.lifecycle.sharing import SharingResult
     from testbed.lifecycle.state import State
     from testbed.lifecycle.testbed import AgentFactory, Connect, LoadState, Testbed, Up
+    from testbed.ui.dryrun import Artifacts
 
 Progress = Callable[[str, str], None]  # (phase, message)
 JsonDict = dict[str, Any]  # status and cache listings: JSON for `--json` and the tables
@@ -165,6 +166,12 @@ def _cxl_paths(state: State) -> list[JsonDict]:
     return cxlpath.read_for_state(state)
 
 
+def _locate_artifacts(topo: Topology) -> Artifacts:
+    from testbed.ui import dryrun
+
+    return dryrun.locate_artifacts(topo)
+
+
 def _read_stdin() -> bytes | None:
     """What is piped into the command, for `exec`; None when stdin is a terminal (or closed)."""
     try:
@@ -198,6 +205,7 @@ class Ops:
     cxl_paths: Callable[[State], list[JsonDict]] = _cxl_paths
     execv: Callable[[str, list[str]], object] = os.execv
     read_stdin: Callable[[], bytes | None] = _read_stdin
+    locate_artifacts: Callable[[Topology], Artifacts] = _locate_artifacts  # read-only, for --dry-run
 
     def attach(self, name: str) -> Testbed:
         from testbed.lifecycle.testbed import Testbed

@@ -31,6 +31,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", action="store_true", help="leave the testbed up (if the run brought it up)")
     p.add_argument("--out", type=Path, help="results folder (default: results/NAME-TIME)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run in DIR")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the testbed's XML, QEMU arguments and plan, and the schedule; run nothing")
 
 
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,6 +74,12 @@ def cmd_run(args: argparse.Namespace, ops: Ops) -> int:
     from testbed.ui.progress import PhaseProgress
 
     scn = schema.load(args.scenario, args.overrides)
+    if args.dry_run:
+        from testbed.ui import dryrun
+
+        sys.stdout.write(dryrun.topology_text(scn.topology, ops.locate_artifacts(scn.topology)))
+        print("\n" + "\n".join(dryrun.schedule_lines(scn)))
+        return 0
     if args.resume is not None and args.out is not None and args.out.resolve() != args.resume.resolve():
         raise UserError("--out and --resume name different folders; --resume DIR continues the run in DIR")
     out = args.resume or args.out or Path("results") / f"{scn.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
