@@ -18,6 +18,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.table import Table
 
 from testbed import __version__
@@ -25,6 +26,7 @@ from testbed.config.topology import NAME_RE
 from testbed.errors import Interrupted, TestbedError, UserError, printable, shorten
 from testbed.ui import node_commands as node_cmds
 from testbed.ui.ops import Ops as Ops
+from testbed.ui.progress import ERR
 from testbed.ui.progress import PhaseProgress as PhaseProgress  # the executor's import, until it takes a factory
 
 if TYPE_CHECKING:
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("testbed")
 out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
+err = ERR
 
 
 class Verb(StrEnum):
@@ -54,6 +56,7 @@ class Verb(StrEnum):
     COMPARE = "compare"
     VALIDATE = "validate"
     EXPORT = "export"
+    COMPLETION = "completion"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,8 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     up = sub.add_parser(Verb.UP, help="bring a testbed up (idempotent)")
     up.add_argument("-f", "--file", required=True, type=Path, help="topology YAML")
+    up.add_argument("--keep-on-failure", action="store_true",
+                    help="if the up fails, leave the nodes up to look at (logs are kept either way)")
     up.add_argument("--dry-run", action="store_true",
                     help="print the domain XML, QEMU arguments and plan; create nothing")
+    comp = sub.add_parser(Verb.COMPLETION, help="print a shell completion script (e.g. >> ~/.bashrc)")
+    comp.add_argument("shell", choices=("bash", "zsh"))
     val = sub.add_parser(Verb.VALIDATE, help="check a topology or scenario file (told apart by content)")
     val.add_argument("file", type=Path)
     down = sub.add_parser(Verb.DOWN, help="remove every object of a testbed")
@@ -78,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     con.add_argument("-t", "--testbed")
     con.add_argument("node")
     con.add_argument("--follow", action="store_true")
-    sub.add_parser(Verb.DOCTOR, help="check the host and say how to fix what is missing")
+    sub.add_parser(Verb.DOCTOR, help="check the host and say how to fix what is missing").add_argument(
+        "--json", action="store_true", help="machine-readable output")
     demo = sub.add_parser(Verb.DEMO, help="up, prove cross-head sharing, print a summary, down")
     demo.add_argument("-f", "--file", type=Path, default=Path("testbeds/two-node.yaml"))
     demo.add_argument("--keep", action="store_true", help="leave the testbed up")
@@ -88,12 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     kb = kern.add_parser("build", help="build the mm-template kernel (patched, cached by content hash)")
     kb.add_argument("--source", type=Path, help="a local Linux 6.12 tree instead of Debian's linux-source-6.12")
     kb.add_argument("-j", "--jobs", type=int, help="parallel make jobs (default: all CPUs)")
-    kb.add_argument("--debug", action="store_true", help="the debug variant (DEBUG_VM, lockdep) for the slow tier")
-    kern.add_parser("list", help="cached kernels")
+    kb.add_argument("--variant", choices=("default", "debug"), default="default",
+                    help="debug: DEBUG_VM and lockdep, for the slow tier (default: default)")
+    kern.add_parser("list", help="cached kernels").add_argument("--json", action="store_true", help="machine-readable")
     qemu = sub.add_parser(Verb.QEMU, help="build or list the patched QEMU").add_subparsers(dest="op", required=True)
     qb = qemu.add_parser("build", help="build QEMU with qemu-patches/ (direct-mapped CXL memory; cached by content hash)")
     qb.add_argument("-j", "--jobs", type=int, help="parallel build jobs (default: all CPUs)")
-    qemu.add_parser("list", help="cached QEMU builds")
+    qemu.add_parser("list", help="cached QEMU builds").add_argument("--json", action="store_true", help="machine-readable")
     from testbed.ui import scenario_commands as scn_cmds
 
     scn_cmds.add_run_arguments(sub.add_parser(Verb.RUN, help="run a scenario; results, report and plots in a folder"))
@@ -117,7 +126,7 @@ def cmd_up(args: argparse.Namespace, ops: Ops) -> int:
         sys.stdout.write(dryrun.topology_text(topo, ops.locate_artifacts(topo)))
         return 0
     t0 = time.monotonic()
-    with PhaseProgress(topo.name, len(topo.nodes)) as progress, ops.open_testbed(topo, True, progress) as tb:
+    with PhaseProgress(topo.name, len(topo.nodes)) as progress, ops.open_testbed(topo, True, progress, args.keep_on_failure) as tb:
         pass  # up, and left up
     if not tb.created:
         out.print(f"testbed {topo.name} is already up")
@@ -188,18 +197,24 @@ def cmd_console(args: argparse.Namespace, ops: Ops) -> int:
         raise UserError(f"{path}: no console log yet")
     with open(path, errors="replace") as fh:
         sys.stdout.write(fh.read())
-        while args.follow:
-            chunk = fh.read()
-            if chunk:
-                sys.stdout.write(chunk)
-                sys.stdout.flush()
-            else:
-                time.sleep(0.5)
+        try:
+            while args.follow:
+                chunk = fh.read()
+                if chunk:
+                    sys.stdout.write(chunk)
+                    sys.stdout.flush()
+                else:
+                    ops.sleep(0.5)
+        except KeyboardInterrupt:  # how one stops following: nothing was created, nothing to say
+            sys.stdout.flush()
     return 0
 
 
 def cmd_doctor(args: argparse.Namespace, ops: Ops) -> int:
     checks = ops.doctor()
+    if args.json:
+        print(json.dumps([{"name": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix} for c in checks], indent=2))
+        return 0 if all(c.ok for c in checks) else 1
     for c in checks:
         mark = "[green]ok[/]  " if c.ok else "[red]FAIL[/]"
         out.print(f"{mark} {c.name:10} {c.detail}")
@@ -253,6 +268,9 @@ def cmd_image(args: argparse.Namespace, ops: Ops) -> int:
 def cmd_kernel(args: argparse.Namespace, ops: Ops) -> int:
     if args.op == "list":
         rows = ops.list_kernels()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
         table = Table(title="cached guest kernels")
         for col in ("kind", "release", "key", "build s", "patches", "directory"):
             table.add_column(col)
@@ -265,13 +283,16 @@ def cmd_kernel(args: argparse.Namespace, ops: Ops) -> int:
         raise UserError(f"--source {args.source}: no such directory")
     t0 = time.monotonic()
     with PhaseProgress("kernel", 1) as progress:
-        kern = ops.build_kernel(args.source, progress, args.jobs, args.debug)
+        kern = ops.build_kernel(args.source, progress, args.jobs, args.variant == "debug")
     out.print(f"kernel {kern.release}: {kern.directory} ({time.monotonic() - t0:.0f}s)")
     return 0
 
 
 def cmd_qemu(args: argparse.Namespace, ops: Ops) -> int:
     if args.op == "list":
+        if args.json:
+            print(json.dumps(ops.list_qemus(), indent=2))
+            return 0
         table = Table(title="cached QEMU builds")
         for col in ("kind", "version", "key", "build s", "jobs", "patches", "directory"):
             table.add_column(col)
@@ -286,6 +307,15 @@ def cmd_qemu(args: argparse.Namespace, ops: Ops) -> int:
     with PhaseProgress("qemu", 1) as progress:
         emu = ops.build_qemu(progress, args.jobs)
     out.print(f"qemu {emu.version}: {emu.path} ({time.monotonic() - t0:.0f}s)")
+    return 0
+
+
+def cmd_completion(args: argparse.Namespace, ops: Ops) -> int:
+    try:
+        import shtab
+    except ImportError as exc:
+        raise UserError("shell completion needs shtab: pip install shtab") from exc
+    sys.stdout.write(shtab.complete(_parser(), shell=args.shell))
     return 0
 
 
@@ -326,7 +356,7 @@ DISPATCH: dict[Verb, Callable[[argparse.Namespace, Ops], int]] = {
     Verb.CONSOLE: cmd_console, Verb.DOCTOR: cmd_doctor, Verb.DEMO: cmd_demo,
     Verb.IMAGE: cmd_image, Verb.KERNEL: cmd_kernel, Verb.QEMU: cmd_qemu,
     Verb.RUN: cmd_run, Verb.REPORT: cmd_report, Verb.COMPARE: cmd_compare, Verb.EXPORT: cmd_export,
-    Verb.VALIDATE: cmd_validate,
+    Verb.VALIDATE: cmd_validate, Verb.COMPLETION: cmd_completion,
 }
 
 
@@ -338,14 +368,21 @@ def _interrupted_message(exc: Interrupted) -> str:
             f"remove them with `testbed down {exc.testbed}`")
 
 
+def _notes(exc: BaseException) -> str:
+    notes = getattr(exc, "__notes__", None) or []
+    return "".join(f"; {note}" for note in notes)
+
+
 def _sigterm(_signo: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None, ops: Ops | None = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="%(message)s", stream=sys.stderr)
+    # On the progress bars' console: a log line goes above the bars instead of through them.
+    handler = RichHandler(console=ERR, show_time=False, show_path=False, markup=False, rich_tracebacks=False)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s",
+                        handlers=[handler])  # a no-op where the root logger has handlers (pytest)
     if not args.debug:
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     signal.signal(signal.SIGTERM, _sigterm)
@@ -363,12 +400,13 @@ def main(argv: Sequence[str] | None = None, ops: Ops | None = None) -> int:
         if args.debug:
             raise
         # One line whatever the input held: newlines, ESC and NUL are shown escaped.
-        print(f"testbed: error: {shorten(printable(str(exc)), 2000)}", file=sys.stderr)
+        print(f"testbed: error: {shorten(printable(str(exc) + _notes(exc)), 2000)}", file=sys.stderr)
         return exc.exit_code
     except TestbedError as exc:
         if args.debug:
             raise
         first, _, rest = "\n".join(printable(line) for line in str(exc).split("\n")).partition("\n")
+        first += printable(_notes(exc))  # e.g. where a failed up kept its logs: on the one line
         print(f"testbed: error: {first}" + (f"\n{rest}" if rest else "") + "\n(run with --debug for details)",
               file=sys.stderr)
         return exc.exit_code
