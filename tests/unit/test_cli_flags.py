@@ -38,8 +38,8 @@ def test_doctor_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize(("verb", "field"), [("kernel", "list_kernels"), ("qemu", "list_qemus")])
 def test_cache_listings_json(verb: str, field: str, capsys: pytest.CaptureFixture[str]) -> None:
-    rows = [{"kind": "patched", "version": "10.0", "dir": "/c/x"}]
-    ops = cli.Ops(**{field: lambda: rows})
+    rows: list[dict[str, Any]] = [{"kind": "patched", "version": "10.0", "dir": "/c/x"}]
+    ops = cli.Ops(list_kernels=lambda: rows) if field == "list_kernels" else cli.Ops(list_qemus=lambda: rows)
     assert cli.main([verb, "list", "--json"], ops=ops) == 0
     assert json.loads(capsys.readouterr().out) == rows
 
