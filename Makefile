@@ -37,7 +37,7 @@ kernel: deps
 	$(PY) -m testbed kernel build
 
 kernel-debug: deps
-	$(PY) -m testbed kernel build --debug
+	$(PY) -m testbed kernel build --variant debug
 
 demo: deps setup image qemu
 	$(PY) -m testbed demo -f testbeds/two-node.yaml

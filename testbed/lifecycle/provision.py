@@ -3,12 +3,14 @@ file before it is created; any failure or Ctrl-C during `up` tears down what was
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import socket
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -152,8 +154,55 @@ def down(testbed: str) -> list[str]:
 
 # --- bring-up -----------------------------------------------------------------------------
 
+class RunLog(logging.Handler):
+    """The log of one `up`, kept in memory: progress lines and what the "testbed" logger lets
+    through (everything with --debug). Written to the failure folder only if the `up` fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    def progress(self, report: Progress) -> Progress:
+        def recorded(task: str, message: str) -> None:
+            self.lines.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} PROGRESS {task}: {message}")
+            report(task, message)
+        return recorded
+
+
+QEMU_LOGS = Path("/var/log/libvirt/qemu")  # libvirt's log of each domain's QEMU (its stderr)
+
+
+def keep_failure(layout: names.Layout, state: st.State, exc: BaseException, run_log: RunLog | None) -> Path | None:
+    """Copy what explains a failed `up` (console logs, QEMU's logs, state.json, the run's log
+    with the traceback) to STATE_ROOT/failed/NAME-TIME before the rollback removes it; the
+    folder, or None if even that failed (the failure itself matters more)."""
+    folder = paths.state_root() / "failed" / f"{state.testbed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        console_dir = layout.root / "console"
+        for log_file in sorted(console_dir.glob("*.log")) if console_dir.is_dir() else []:
+            shutil.copyfile(log_file, folder / f"console-{log_file.name}")
+        for ns in state.nodes.values():
+            qemu_log = QEMU_LOGS / f"{ns.domain}.log"
+            with contextlib.suppress(OSError):  # not readable without root, or no domain yet
+                shutil.copyfile(qemu_log, folder / f"qemu-{ns.name}.log")
+        if layout.state_file.exists():
+            shutil.copyfile(layout.state_file, folder / "state.json")
+        lines = list(run_log.lines) if run_log is not None else []
+        lines += ["", "failure:", *traceback.format_exception(exc)]
+        (folder / "run.log").write_text("\n".join(line.rstrip("\n") for line in lines) + "\n")
+    except OSError as keep_exc:
+        log.warning("could not keep the logs of the failed up in %s: %s", folder, keep_exc)
+        return None
+    return folder
+
+
 class Transaction:
-    """Records each object before it exists; on failure tears all of them down."""
+    """Records each object before it exists; on failure keeps the logs and tears all of them down."""
 
     def __init__(self, conn: libvirt.virConnect, layout: names.Layout, state: st.State) -> None:
         self.conn = conn
@@ -170,12 +219,22 @@ class Transaction:
 
 
 @contextmanager
-def transaction(conn: libvirt.virConnect, layout: names.Layout, state: st.State) -> Iterator[Transaction]:
+def transaction(conn: libvirt.virConnect, layout: names.Layout, state: st.State, *,
+                keep_on_failure: bool = False, run_log: RunLog | None = None) -> Iterator[Transaction]:
+    """On a failure: the logs are kept (a note on the exception names the folder), then what
+    was made is rolled back, unless keep_on_failure (and the failure was not Ctrl-C)."""
     tx = Transaction(conn, layout, state)
     st.save(layout, state)
     try:
         yield tx
     except BaseException as exc:
+        folder = keep_failure(layout, state, exc, run_log)
+        if folder is not None:
+            exc.add_note(f"console logs and the log of the run kept in {folder}/")
+        if keep_on_failure and not isinstance(exc, KeyboardInterrupt):
+            exc.add_note(f"the nodes were left up (--keep-on-failure): `testbed console -t {state.testbed} NODE`, "
+                         f"`testbed ssh -t {state.testbed} NODE`; remove them with `testbed down {state.testbed}`")
+            raise
         try:
             tx.rollback()
         except KeyboardInterrupt:
@@ -287,21 +346,31 @@ def _same_running(conn: libvirt.virConnect, state: st.State, topo: Topology) -> 
     return True
 
 
-def up(topo: Topology, progress: Progress = noprogress) -> tuple[st.State, bool]:
+def up(topo: Topology, progress: Progress = noprogress, keep_on_failure: bool = False) -> tuple[st.State, bool]:
     """Bring the testbed up. Returns (state, created); created is False if it was already up.
+    A failure keeps the logs in a folder its exception's note names, and rolls back unless
+    keep_on_failure.
 
     Holds the testbed's lock throughout: the sweep of leftovers below must never see the
     objects of another `up` of the same name that is still in phase "creating"."""
-    with locks.testbed_lock(topo.name):
-        try:
-            return _up(topo, progress)
-        except libvirt.libvirtError as exc:
-            # E.g. a QEMU that died while booting: the transaction has rolled back by now, so
-            # this is one line for the user, not a traceback.
-            raise TestbedError(f"testbed {topo.name}: libvirt: {exc}") from exc
+    run_log = RunLog()
+    log.addHandler(run_log)
+    try:
+        with locks.testbed_lock(topo.name):
+            try:
+                return _up(topo, run_log.progress(progress), keep_on_failure, run_log)
+            except libvirt.libvirtError as exc:
+                # E.g. a QEMU that died while booting: the transaction has rolled back by now, so
+                # this is one line for the user, not a traceback.
+                err = TestbedError(f"testbed {topo.name}: libvirt: {exc}")
+                for note in getattr(exc, "__notes__", []):
+                    err.add_note(note)
+                raise err from exc
+    finally:
+        log.removeHandler(run_log)
 
 
-def _up(topo: Topology, progress: Progress) -> tuple[st.State, bool]:
+def _up(topo: Topology, progress: Progress, keep_on_failure: bool, run_log: RunLog) -> tuple[st.State, bool]:
     layout = names.Layout(topo.name)
     t_start = time.monotonic()
     with daemons.connection() as conn:
@@ -334,7 +403,7 @@ def _up(topo: Topology, progress: Progress) -> tuple[st.State, bool]:
             state.nodes[node.name] = st.NodeState(node.name, names.domain(topo.name, node.name), port,
                                                   node.address, [m.name for m in topo.mhds_of(node.name)],
                                                   gdb_ports.get(node.name, 0))
-        with transaction(conn, layout, state) as tx:
+        with transaction(conn, layout, state, keep_on_failure=keep_on_failure, run_log=run_log) as tx:
             layout.root.chmod(0o711)  # QEMU (libvirt-qemu) must traverse to its node dir
             layout.ssh_dir.mkdir(mode=0o700)
             layout.console(topo.nodes[0].name).parent.mkdir()

@@ -10,7 +10,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from enum import StrEnum
 from pathlib import Path
@@ -19,23 +18,25 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.table import Table
 
 from testbed import __version__
-from testbed.config.topology import NAME_RE, NODE_RE
+from testbed.config.topology import NAME_RE
 from testbed.errors import Interrupted, TestbedError, UserError, printable, shorten
 from testbed.lifecycle import hostsetup, owner
 from testbed.lifecycle import state as st
+from testbed.ui import node_commands as node_cmds
 from testbed.ui.ops import Ops as Ops
+from testbed.ui.progress import ERR
 from testbed.ui.progress import PhaseProgress as PhaseProgress  # the executor's import, until it takes a factory
 
 if TYPE_CHECKING:
-    from testbed.lifecycle.state import State
     from testbed.lifecycle.testbed import Testbed
 
 log = logging.getLogger("testbed")
 out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
+err = ERR
 
 
 class Verb(StrEnum):
@@ -44,6 +45,8 @@ class Verb(StrEnum):
     STATUS = "status"
     EXEC = "exec"
     SSH = "ssh"
+    SSH_CONFIG = "ssh-config"
+    CP = "cp"
     CONSOLE = "console"
     DOCTOR = "doctor"
     SETUP = "setup"
@@ -54,7 +57,9 @@ class Verb(StrEnum):
     RUN = "run"
     REPORT = "report"
     COMPARE = "compare"
+    VALIDATE = "validate"
     EXPORT = "export"
+    COMPLETION = "completion"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,6 +70,14 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser(Verb.UP, help="bring a testbed up (idempotent)")
     up.add_argument("-f", "--file", required=True, type=Path, help="topology YAML")
     up.add_argument("--force", action="store_true", help="as root: act on a testbed another user owns")
+    up.add_argument("--keep-on-failure", action="store_true",
+                    help="if the up fails, leave the nodes up to look at (logs are kept either way)")
+    up.add_argument("--dry-run", action="store_true",
+                    help="print the domain XML, QEMU arguments and plan; create nothing")
+    comp = sub.add_parser(Verb.COMPLETION, help="print a shell completion script (e.g. >> ~/.bashrc)")
+    comp.add_argument("shell", choices=("bash", "zsh"))
+    val = sub.add_parser(Verb.VALIDATE, help="check a topology or scenario file (told apart by content)")
+    val.add_argument("file", type=Path)
     down = sub.add_parser(Verb.DOWN, help="remove every object of a testbed")
     down.add_argument("name", nargs="?", help="testbed name")
     down.add_argument("-f", "--file", type=Path, help="topology YAML (instead of a name)")
@@ -72,18 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser(Verb.STATUS, help="testbeds, nodes, CXL devices")
     status.add_argument("name", nargs="?")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    ex = sub.add_parser(Verb.EXEC, help="run a command on a node, or on all nodes in parallel")
-    ex.add_argument("-t", "--testbed", help="testbed name (default: the only one up)")
-    ex.add_argument("node", help="node name or 'all'")
-    ex.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
-    ssh = sub.add_parser(Verb.SSH, help="interactive SSH session on a node")
-    ssh.add_argument("-t", "--testbed")
-    ssh.add_argument("node")
+    node_cmds.add_arguments(sub)
     con = sub.add_parser(Verb.CONSOLE, help="print a node's serial console log")
     con.add_argument("-t", "--testbed")
     con.add_argument("node")
     con.add_argument("--follow", action="store_true")
-    sub.add_parser(Verb.DOCTOR, help="check the host and say how to fix what is missing")
+    sub.add_parser(Verb.DOCTOR, help="check the host and say how to fix what is missing").add_argument(
+        "--json", action="store_true", help="machine-readable output")
     sub.add_parser(Verb.SETUP, help="make the host changes doctor reports (/dev/kvm permissions), saying each")
     demo = sub.add_parser(Verb.DEMO, help="up, prove cross-head sharing, print a summary, down")
     demo.add_argument("-f", "--file", type=Path, default=Path("testbeds/two-node.yaml"))
@@ -94,12 +102,13 @@ def _parser() -> argparse.ArgumentParser:
     kb = kern.add_parser("build", help="build the mm-template kernel (patched, cached by content hash)")
     kb.add_argument("--source", type=Path, help="a local Linux 6.12 tree instead of Debian's linux-source-6.12")
     kb.add_argument("-j", "--jobs", type=int, help="parallel make jobs (default: all CPUs)")
-    kb.add_argument("--debug", action="store_true", help="the debug variant (DEBUG_VM, lockdep) for the slow tier")
-    kern.add_parser("list", help="cached kernels")
+    kb.add_argument("--variant", choices=("default", "debug"), default="default",
+                    help="debug: DEBUG_VM and lockdep, for the slow tier (default: default)")
+    kern.add_parser("list", help="cached kernels").add_argument("--json", action="store_true", help="machine-readable")
     qemu = sub.add_parser(Verb.QEMU, help="build or list the patched QEMU").add_subparsers(dest="op", required=True)
     qb = qemu.add_parser("build", help="build QEMU with qemu-patches/ (direct-mapped CXL memory; cached by content hash)")
     qb.add_argument("-j", "--jobs", type=int, help="parallel build jobs (default: all CPUs)")
-    qemu.add_parser("list", help="cached QEMU builds")
+    qemu.add_parser("list", help="cached QEMU builds").add_argument("--json", action="store_true", help="machine-readable")
     from testbed.ui import scenario_commands as scn_cmds
 
     scn_cmds.add_run_arguments(sub.add_parser(Verb.RUN, help="run a scenario; results, report and plots in a folder"))
@@ -115,29 +124,16 @@ def _check_name(name: str, what: str, regex: Pattern[str] = NAME_RE) -> str:
     return name
 
 
-def _testbed(args: argparse.Namespace, ops: Ops) -> str:
-    if getattr(args, "testbed", None):
-        return _check_name(args.testbed, "testbed")
-    from testbed import paths
-
-    known = ops.known(paths.state_root())
-    if len(known) == 1:
-        return str(known[0])
-    if not known:
-        raise UserError("no testbed is up; run `testbed up -f testbeds/two-node.yaml`")
-    raise UserError(f"several testbeds are up ({', '.join(known)}); choose one with -t NAME")
-
-
-def _require_node(testbed: str, state: State, node: str, *extra: str) -> None:
-    if node not in state.nodes and node not in extra:
-        raise UserError(f"testbed {testbed} has no node {node!r} (nodes: {', '.join([*state.nodes, *extra])})")
-
-
 def cmd_up(args: argparse.Namespace, ops: Ops) -> int:
     topo = ops.load_topology(args.file, ops.host_facts())
+    if args.dry_run:
+        from testbed.ui import dryrun
+
+        sys.stdout.write(dryrun.topology_text(topo, ops.locate_artifacts(topo)))
+        return 0
     t0 = time.monotonic()
     with owner.forcing(args.force), PhaseProgress(topo.name, len(topo.nodes)) as progress, \
-            ops.open_testbed(topo, True, progress) as tb:
+            ops.open_testbed(topo, True, progress, args.keep_on_failure) as tb:
         pass  # up, and left up
     if not tb.created:
         out.print(f"testbed {topo.name} is already up")
@@ -206,70 +202,33 @@ def cmd_status(args: argparse.Namespace, ops: Ops) -> int:
     return failed
 
 
-def cmd_exec(args: argparse.Namespace, ops: Ops) -> int:
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        raise UserError("testbed exec: no command given; usage: testbed exec NODE|all -- COMMAND")
-    name = _testbed(args, ops)
-    with ops.attach(name) as tb:
-        _require_node(name, tb.state, args.node, "all")
-        targets = list(tb.state.nodes) if args.node == "all" else [args.node]
-
-        def one(node: str) -> tuple[str, int, str, str]:
-            r = tb.node(node).run(command, check=False, stream=len(targets) == 1)
-            return node, r.exit_code, r.stdout, r.stderr
-
-        with ThreadPoolExecutor(max_workers=len(targets)) as pool:
-            results = list(pool.map(one, targets))
-    worst = 0
-    for node, code, stdout, stderr in results:
-        if len(targets) > 1:
-            for line in stdout.splitlines():
-                print(f"{node} | {line}")
-            for line in stderr.splitlines():
-                print(f"{node} ! {line}", file=sys.stderr)
-        if code != 0:
-            print(f"testbed: {node}: exit code {code}", file=sys.stderr)
-            worst = max(worst, code)
-    return worst
-
-
-def cmd_ssh(args: argparse.Namespace, ops: Ops) -> int:
-    name = _testbed(args, ops)
-    with ops.attach(name) as tb:
-        _check_name(args.node, "node", NODE_RE)
-        _require_node(name, tb.state, args.node)
-        layout = tb.layout
-        argv = ["ssh", "-i", str(layout.client_key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                "-o", f"UserKnownHostsFile={layout.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-                "-p", str(tb.state.nodes[args.node].ssh_port), "root@127.0.0.1"]
-    ops.execv("/usr/bin/ssh", argv)
-    return 0
-
-
 def cmd_console(args: argparse.Namespace, ops: Ops) -> int:
-    name = _testbed(args, ops)
+    name = node_cmds.testbed_name(args, ops)
     with ops.attach(name) as tb:
-        _require_node(name, tb.state, args.node)
+        node_cmds.require_node(name, tb.state, args.node)
     path = tb.layout.console(args.node)
     if not path.exists():
         raise UserError(f"{path}: no console log yet")
     with open(path, errors="replace") as fh:
         sys.stdout.write(fh.read())
-        while args.follow:
-            chunk = fh.read()
-            if chunk:
-                sys.stdout.write(chunk)
-                sys.stdout.flush()
-            else:
-                time.sleep(0.5)
+        try:
+            while args.follow:
+                chunk = fh.read()
+                if chunk:
+                    sys.stdout.write(chunk)
+                    sys.stdout.flush()
+                else:
+                    ops.sleep(0.5)
+        except KeyboardInterrupt:  # how one stops following: nothing was created, nothing to say
+            sys.stdout.flush()
     return 0
 
 
 def cmd_doctor(args: argparse.Namespace, ops: Ops) -> int:
     checks = ops.doctor()
+    if args.json:
+        print(json.dumps([{"name": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix} for c in checks], indent=2))
+        return 0 if all(c.ok for c in checks) else 1
     for c in checks:
         mark = "[green]ok[/]  " if c.ok else "[red]FAIL[/]"
         out.print(f"{mark} {c.name:10} {c.detail}")
@@ -327,6 +286,9 @@ def cmd_image(args: argparse.Namespace, ops: Ops) -> int:
 def cmd_kernel(args: argparse.Namespace, ops: Ops) -> int:
     if args.op == "list":
         rows = ops.list_kernels()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
         table = Table(title="cached guest kernels")
         for col in ("kind", "release", "key", "build s", "patches", "directory"):
             table.add_column(col)
@@ -339,13 +301,16 @@ def cmd_kernel(args: argparse.Namespace, ops: Ops) -> int:
         raise UserError(f"--source {args.source}: no such directory")
     t0 = time.monotonic()
     with PhaseProgress("kernel", 1) as progress:
-        kern = ops.build_kernel(args.source, progress, args.jobs, args.debug)
+        kern = ops.build_kernel(args.source, progress, args.jobs, args.variant == "debug")
     out.print(f"kernel {kern.release}: {kern.directory} ({time.monotonic() - t0:.0f}s)")
     return 0
 
 
 def cmd_qemu(args: argparse.Namespace, ops: Ops) -> int:
     if args.op == "list":
+        if args.json:
+            print(json.dumps(ops.list_qemus(), indent=2))
+            return 0
         table = Table(title="cached QEMU builds")
         for col in ("kind", "version", "key", "build s", "jobs", "patches", "directory"):
             table.add_column(col)
@@ -360,6 +325,22 @@ def cmd_qemu(args: argparse.Namespace, ops: Ops) -> int:
     with PhaseProgress("qemu", 1) as progress:
         emu = ops.build_qemu(progress, args.jobs)
     out.print(f"qemu {emu.version}: {emu.path} ({time.monotonic() - t0:.0f}s)")
+    return 0
+
+
+def cmd_completion(args: argparse.Namespace, ops: Ops) -> int:
+    try:
+        import shtab
+    except ImportError as exc:
+        raise UserError("shell completion needs shtab: pip install shtab") from exc
+    sys.stdout.write(shtab.complete(_parser(), shell=args.shell))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace, ops: Ops) -> int:
+    from testbed.ui import validate
+
+    print(validate.describe(args.file, ops))
     return 0
 
 
@@ -388,10 +369,12 @@ def cmd_export(args: argparse.Namespace, ops: Ops) -> int:
 
 
 DISPATCH: dict[Verb, Callable[[argparse.Namespace, Ops], int]] = {
-    Verb.UP: cmd_up, Verb.DOWN: cmd_down, Verb.STATUS: cmd_status, Verb.EXEC: cmd_exec,
-    Verb.SSH: cmd_ssh, Verb.CONSOLE: cmd_console, Verb.DOCTOR: cmd_doctor, Verb.SETUP: cmd_setup, Verb.DEMO: cmd_demo,
+    Verb.UP: cmd_up, Verb.DOWN: cmd_down, Verb.STATUS: cmd_status, Verb.EXEC: node_cmds.cmd_exec,
+    Verb.SSH: node_cmds.cmd_ssh, Verb.SSH_CONFIG: node_cmds.cmd_ssh_config, Verb.CP: node_cmds.cmd_cp,
+    Verb.CONSOLE: cmd_console, Verb.DOCTOR: cmd_doctor, Verb.SETUP: cmd_setup, Verb.DEMO: cmd_demo,
     Verb.IMAGE: cmd_image, Verb.KERNEL: cmd_kernel, Verb.QEMU: cmd_qemu,
     Verb.RUN: cmd_run, Verb.REPORT: cmd_report, Verb.COMPARE: cmd_compare, Verb.EXPORT: cmd_export,
+    Verb.VALIDATE: cmd_validate, Verb.COMPLETION: cmd_completion,
 }
 
 
@@ -403,14 +386,21 @@ def _interrupted_message(exc: Interrupted) -> str:
             f"remove them with `testbed down {exc.testbed}`")
 
 
+def _notes(exc: BaseException) -> str:
+    notes = getattr(exc, "__notes__", None) or []
+    return "".join(f"; {note}" for note in notes)
+
+
 def _sigterm(_signo: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None, ops: Ops | None = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="%(message)s", stream=sys.stderr)
+    # On the progress bars' console: a log line goes above the bars instead of through them.
+    handler = RichHandler(console=ERR, show_time=False, show_path=False, markup=False, rich_tracebacks=False)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s",
+                        handlers=[handler])  # a no-op where the root logger has handlers (pytest)
     if not args.debug:
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     signal.signal(signal.SIGTERM, _sigterm)
@@ -428,12 +418,13 @@ def main(argv: Sequence[str] | None = None, ops: Ops | None = None) -> int:
         if args.debug:
             raise
         # One line whatever the input held: newlines, ESC and NUL are shown escaped.
-        print(f"testbed: error: {shorten(printable(str(exc)), 2000)}", file=sys.stderr)
+        print(f"testbed: error: {shorten(printable(str(exc) + _notes(exc)), 2000)}", file=sys.stderr)
         return exc.exit_code
     except TestbedError as exc:
         if args.debug:
             raise
         first, _, rest = "\n".join(printable(line) for line in str(exc).split("\n")).partition("\n")
+        first += printable(_notes(exc))  # e.g. where a failed up kept its logs: on the one line
         print(f"testbed: error: {first}" + (f"\n{rest}" if rest else "") + "\n(run with --debug for details)",
               file=sys.stderr)
         return exc.exit_code

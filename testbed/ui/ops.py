@@ -5,6 +5,8 @@ for every verb."""
 from __future__ import annotations
 
 import os
+import sys
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
     from testbed.lifecycle.sharing import SharingResult
     from testbed.lifecycle.state import State
     from testbed.lifecycle.testbed import AgentFactory, Connect, LoadState, Testbed, Up
+    from testbed.ui.dryrun import Artifacts
 
 Progress = Callable[[str, str], None]  # (phase, message)
 JsonDict = dict[str, Any]  # status and cache listings: JSON for `--json` and the tables
@@ -77,6 +80,13 @@ def _up(topo: Topology, progress: Progress) -> tuple[State, bool]:
     from testbed.lifecycle import provision
 
     return provision.up(topo, progress)
+
+
+def _up_keeping(topo: Topology, progress: Progress) -> tuple[State, bool]:
+    """`up --keep-on-failure`: a failed up leaves its nodes up to be looked at."""
+    from testbed.lifecycle import provision
+
+    return provision.up(topo, progress, keep_on_failure=True)
 
 
 def _down(name: str) -> Sequence[str] | None:
@@ -164,6 +174,22 @@ def _cxl_paths(state: State) -> list[JsonDict]:
     return cxlpath.read_for_state(state)
 
 
+def _locate_artifacts(topo: Topology) -> Artifacts:
+    from testbed.ui import dryrun
+
+    return dryrun.locate_artifacts(topo)
+
+
+def _read_stdin() -> bytes | None:
+    """What is piped into the command, for `exec`; None when stdin is a terminal (or closed)."""
+    try:
+        if sys.stdin is None or sys.stdin.isatty():
+            return None
+        return sys.stdin.buffer.read()
+    except (OSError, ValueError):  # closed, or unreadable (as under pytest's capture)
+        return None
+
+
 @dataclass
 class Ops:
     """The side-effecting operations the CLI calls; replaced by fakes in unit tests."""
@@ -171,6 +197,7 @@ class Ops:
     load_topology: LoadTopology = _load_topology
     host_facts: Callable[[], HostFacts] = _host_facts
     up: Up = _up
+    up_keeping: Up = _up_keeping
     down: Callable[[str], Sequence[str] | None] = _down
     status: Callable[[list[str]], list[JsonDict]] = _status
     load_state: LoadState = _load_state
@@ -186,17 +213,22 @@ class Ops:
     list_qemus: Callable[[], list[JsonDict]] = _list_qemus
     cxl_paths: Callable[[State], list[JsonDict]] = _cxl_paths
     execv: Callable[[str, list[str]], object] = os.execv
+    read_stdin: Callable[[], bytes | None] = _read_stdin
+    sleep: Callable[[float], None] = time.sleep  # console --follow's poll
+    locate_artifacts: Callable[[Topology], Artifacts] = _locate_artifacts  # read-only, for --dry-run
 
     def attach(self, name: str) -> Testbed:
         from testbed.lifecycle.testbed import Testbed
 
         return Testbed.attach(name, load_state=self.load_state, connect=self.connect, agent=self.agent)
 
-    def open_testbed(self, topology: Topology, keep: bool,
-                     progress: Progress | None = None) -> AbstractContextManager[Testbed]:
+    def open_testbed(self, topology: Topology, keep: bool, progress: Progress | None = None,
+                     keep_on_failure: bool = False) -> AbstractContextManager[Testbed]:
         """The scenario executor's seam: the testbed up (or attached) for the body; torn down on
-        leaving only if brought up here and keep is False."""
+        leaving only if brought up here and keep is False. keep_on_failure: a failed up leaves
+        its nodes up (up_keeping)."""
         from testbed.lifecycle.testbed import Testbed
 
-        return Testbed.up(topology, keep, progress=progress, up=self.up, down=self.down, connect=self.connect,
+        up = self.up_keeping if keep_on_failure else self.up
+        return Testbed.up(topology, keep, progress=progress, up=up, down=self.down, connect=self.connect,
                           agent=self.agent)

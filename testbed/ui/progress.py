@@ -4,12 +4,16 @@ ready). A PhaseProgress is the (phase, message) callback provision.up and the bu
 from __future__ import annotations
 
 import logging
+import sys
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 log = logging.getLogger("testbed")
 PER_NODE = ("boot", "ready")  # phases that advance once per node
+# The one stderr console: the bars, the log lines (a RichHandler on it) and the CLI's messages
+# share it, so a log line is printed above the bars instead of tearing them.
+ERR = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 class PhaseProgress:
@@ -17,7 +21,7 @@ class PhaseProgress:
 
     def __init__(self, title: str, total_nodes: int, console: Console | None = None) -> None:
         self.bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                             MofNCompleteColumn(), TimeElapsedColumn(), console=console or Console(stderr=True),
+                             MofNCompleteColumn(), TimeElapsedColumn(), console=console or ERR,
                              transient=False)
         self.title = title
         self.total_nodes = total_nodes
@@ -27,17 +31,24 @@ class PhaseProgress:
         self.bars.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:  # done: the last one-shot phase (e.g. "network") is done too
+            self._complete_one_shot()
         self.bars.__exit__(None, None, None)
+
+    def _complete_one_shot(self) -> None:
+        for phase, tid in self.tasks.items():
+            task = self.bars.tasks[tid]
+            if phase not in PER_NODE and task.total is not None:
+                self.bars.update(tid, completed=task.total)
 
     def __call__(self, phase: str, message: str) -> None:
         log.debug("%s: %s", phase, message)
         per_node = phase in PER_NODE
         if phase not in self.tasks:
-            for tid in self.tasks.values():  # a new phase means the earlier ones are done
-                task = self.bars.tasks[tid]
-                if task.total is not None and not per_node:
-                    self.bars.update(tid, completed=task.total)
+            # A new phase means the one-shot phases before it are done (a per-node phase counts
+            # its nodes itself), whatever kind the new phase is: "network" is followed by "boot".
+            self._complete_one_shot()
             total = self.total_nodes if per_node else 1
             self.tasks[phase] = self.bars.add_task(f"{self.title}: {phase}", total=total)
         tid = self.tasks[phase]

@@ -5,16 +5,65 @@ imported when a verb runs, so building the parser stays cheap for every other ve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import logging
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from testbed.config.topology import Topology
 from testbed.errors import UserError
-from testbed.ui.ops import Ops
+from testbed.ui.ops import Ops, Progress
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from testbed.lifecycle.testbed import Testbed
+    from testbed.scenario.run.seam import OpenTestbed
+
+log = logging.getLogger("testbed")
+NODES_DIR = "nodes"  # in a results folder: NODE/console.log and NODE/dmesg.txt, taken at the end of the run
+DMESG_TIMEOUT = 30.0
+
+
+def capture_nodes(tb: Testbed, out: Path) -> list[str]:
+    """Each node's console log and dmesg into out/nodes/NODE/; what could not be taken is
+    written in place of it (a dead node must not cost the run's results)."""
+    problems = []
+    for name in tb.state.nodes:
+        folder = out / NODES_DIR / name
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copyfile(tb.layout.console(name), folder / "console.log")
+        except OSError as exc:
+            problems.append(f"{name} console: {exc}")
+            (folder / "console.log").write_text(f"(not captured: {exc})\n")
+        try:
+            r = tb.node(name).run(["dmesg"], check=False, timeout=DMESG_TIMEOUT)
+            (folder / "dmesg.txt").write_text(r.stdout if r.ok else f"(dmesg exited {r.exit_code}: {r.stderr})\n")
+        except Exception as exc:  # diagnostics taken after the run must never fail the run
+            problems.append(f"{name} dmesg: {exc}")
+            (folder / "dmesg.txt").write_text(f"(not captured: {exc})\n")
+    for p in problems:
+        log.warning("results: %s", p)
+    return problems
+
+
+def capturing(ops: Ops, out: Path) -> OpenTestbed:
+    """ops.open_testbed, which also captures the nodes' console logs and dmesg into out before
+    leaving (and so before a teardown)."""
+    @contextlib.contextmanager
+    def open_testbed(topology: Topology, keep: bool, progress: Progress | None = None) -> Iterator[Testbed]:
+        with ops.open_testbed(topology, keep, progress) as tb:
+            try:
+                yield tb
+            finally:
+                if out.is_dir():  # a run that failed before making its folder has nothing to add to
+                    capture_nodes(tb, out)
+    return open_testbed
 
 
 
@@ -31,6 +80,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", action="store_true", help="leave the testbed up (if the run brought it up)")
     p.add_argument("--out", type=Path, help="results folder (default: results/NAME-TIME)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run in DIR")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the testbed's XML, QEMU arguments and plan, and the schedule; run nothing")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON (instead of the tables)")
 
 
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,12 +124,24 @@ def cmd_run(args: argparse.Namespace, ops: Ops) -> int:
     from testbed.ui.progress import PhaseProgress
 
     scn = schema.load(args.scenario, args.overrides)
+    if args.dry_run:
+        from testbed.ui import dryrun
+
+        sys.stdout.write(dryrun.topology_text(scn.topology, ops.locate_artifacts(scn.topology)))
+        print("\n" + "\n".join(dryrun.schedule_lines(scn)))
+        return 0
     if args.resume is not None and args.out is not None and args.out.resolve() != args.resume.resolve():
         raise UserError("--out and --resume name different folders; --resume DIR continues the run in DIR")
     out = args.resume or args.out or Path("results") / f"{scn.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    backend = Backend(open_testbed=ops.open_testbed, host_facts=ops.host_facts, progress=PhaseProgress,
+    backend = Backend(open_testbed=capturing(ops, out), host_facts=ops.host_facts, progress=PhaseProgress,
                       cxl_paths=ops.cxl_paths)
     outcome = run(scn, Options(out, args.keep, args.resume is not None, tuple(args.overrides)), backend)
+    if args.json:
+        import json
+
+        print(json.dumps({"scenario": scn.name, "ok": outcome.ok, "results": str(outcome.out),
+                          "summary": outcome.summary, "failures": outcome.failures}, indent=2, default=str))
+        return 0 if outcome.ok else 1
     con = _console()
     for table in report.tables(outcome.summary):
         con.print(table)

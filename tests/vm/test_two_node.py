@@ -86,6 +86,38 @@ def test_cli_exec_status_and_idempotent_up(testbed: Testbed) -> None:
     assert not created and again.nodes["node0"].ssh_port == testbed.state.nodes["node0"].ssh_port
 
 
+def test_cli_ssh_command_ssh_config_cp_and_exec_stdin(testbed: Testbed, tmp_path: Path) -> None:
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    run = [sys.executable, "-m", "testbed"]
+
+    def cli(*argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*run, *argv], input=stdin, capture_output=True, text=True, env=env, cwd=REPO,
+                              check=False, timeout=120, stdin=None if stdin is not None else subprocess.DEVNULL)
+
+    p = cli("ssh", "-t", testbed.name, "node1", "--", "echo", "a  b", "$HOSTNAME")
+    assert p.returncode == 0 and p.stdout == "a  b $HOSTNAME\n", p.stderr  # each word arrives as one, unexpanded
+    p = cli("ssh-config", "-t", testbed.name)
+    assert p.returncode == 0, p.stderr
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(p.stdout)
+    p = subprocess.run(["ssh", "-F", str(cfg), "node0", "hostname"], capture_output=True, text=True, timeout=60,
+                       check=False, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0 and p.stdout.strip() == "node0", p.stderr
+    src = tmp_path / "payload.txt"
+    src.write_text("cxl payload\n")
+    p = cli("cp", "-t", testbed.name, str(src), "node1:/tmp/")
+    assert p.returncode == 0, p.stderr
+    assert testbed.node("node1").run(["cat", "/tmp/payload.txt"]).stdout == "cxl payload\n"
+    back = tmp_path / "back"
+    back.mkdir()
+    p = cli("cp", "-t", testbed.name, "node1:/tmp/payload.txt", str(back))
+    assert p.returncode == 0 and (back / "payload.txt").read_text() == "cxl payload\n", p.stderr
+    p = cli("exec", "-t", testbed.name, "node0", "--", "tr", "a-z", "A-Z", stdin="hi there\n")
+    assert p.returncode == 0 and p.stdout == "HI THERE\n", p.stderr
+    p = cli("exec", "-t", testbed.name, "all", "--", "cat", stdin="x\n")
+    assert p.returncode == 0 and sorted(p.stdout.splitlines()) == ["node0 | x", "node1 | x"], p.stderr
+
+
 def test_down_removes_everything(testbed: Testbed) -> None:
     testbed.close()
     provision.down(testbed.name)
