@@ -260,3 +260,8 @@ class Kind(ABC, Generic[SpecT, SessionT]):
 
     @abstractmethod
     def invoke(self, session: SessionT, spec: SpecT, values: Mapping[str, object], timeout: float) -> Outcome: ...
+
+
+# The registry holds kinds of different spec and session types; the spec a kind parsed and the
+# session it opened go back to that same kind, so the executor need not know their types.
+AnyKind = Kind[Any, Any]
