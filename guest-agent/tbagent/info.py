@@ -6,15 +6,18 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tbagent import __version__
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
 CXL_JSON = Path("/run/cxltb/cxl.json")
 READY = Path("/run/cxltb/ready")
 
 
-def info() -> dict[str, Any]:
+def info() -> JsonObject:
     return {
         "agent": __version__,
         "hostname": os.uname().nodename,
