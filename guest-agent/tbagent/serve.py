@@ -36,7 +36,7 @@ from tbagent.snap import cli as snap_cli
 from tbagent.store import cli as store_cli
 
 if TYPE_CHECKING:
-    from tbproto.jsontypes import Json, JsonObject
+    from tbproto.jsontypes import JsonObject
 
 PROTOCOL = VERSION
 MAX_LINE = 1 << 20  # characters; a longer line is skipped and answered with an error
@@ -47,21 +47,25 @@ MAX_INFLIGHT = 16  # requests running at once; the reader stops reading while th
 @dataclass(frozen=True)
 class Handler:
     request: type  # the tbproto type the args are decoded into
-    fn: Callable[[Json], object]  # takes the decoded request, returns the JSON result
+    # Takes the decoded request (of `request`, a type that differs per handler: hence Any), returns
+    # the JSON result.
+    fn: Callable[[Any], object]
 
 
 def _given(req: object) -> JsonObject:
     """The fields of a decoded request that were given (None: the handler's default applies)."""
-    return {f.name: v for f in dataclasses.fields(req) if (v := getattr(req, f.name)) is not None}  # type: ignore[arg-type]
+    if not dataclasses.is_dataclass(req) or isinstance(req, type):
+        raise TypeError(f"not a decoded request: {type(req).__name__}")  # a bug in the handler table
+    return {f.name: v for f in dataclasses.fields(req) if (v := getattr(req, f.name)) is not None}
 
 
-def _kw(fn: Callable[..., object]) -> Callable[[Json], object]:
+def _kw(fn: Callable[..., object]) -> Callable[[object], object]:
     return lambda req: fn(**_given(req))
 
 
-def _sandbox(name: str) -> Callable[[Json], object]:
+def _sandbox(name: str) -> Callable[[object], object]:
     # The sandbox command line imports its modules lazily (the pool pulls in much): so does this.
-    def call(req: Json) -> object:
+    def call(req: object) -> object:
         from tbagent.sandbox import cli as sandbox_cli
 
         fn: Callable[..., object] = getattr(sandbox_cli, name)
@@ -106,7 +110,7 @@ class Call:
     args: JsonObject
 
 
-def _scalar(value: Json) -> bool:
+def _scalar(value: object) -> bool:
     return value is None or isinstance(value, bool | int | float | str)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from tbagent.sandbox import cgroup, layers, linux, net, paths, proto, zygote
 from tbagent.sandbox.cgroup import Group, Limits
 
 if TYPE_CHECKING:
-    from tbproto.jsontypes import Json, JsonObject
+    from tbproto.jsontypes import JsonObject
 
 CRUN = "crun"
 VARIANTS = ("full", "no-ns", "no-cgroup", "no-mounts")
@@ -100,7 +101,7 @@ class OciSandbox:
         self.id = f"tboci{slot}"
         self.bundle = paths.OCI / self.id
         self.link = net.plan(slot, net.OCI_BASE, "tbo")
-        self.chan: Json = None
+        self.chan: socket.socket | None = None
         self.pid = 0
 
     def create(self, spec: FunctionSpec, lowers: list[Path], limits: Limits, start: bool = True) -> dict[str, float]:
@@ -149,6 +150,7 @@ class OciSandbox:
         return t
 
     def invoke(self, event: JsonObject, timeout: float = 60.0) -> JsonObject:
+        assert self.chan is not None, "invoke before create"  # create() opens the channel
         proto.send(self.chan, {"event": event})
         return proto.recv(self.chan, timeout)
 

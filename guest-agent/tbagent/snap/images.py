@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import mmap
 import os
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 from tbagent.snap.mmt import Area
 
 if TYPE_CHECKING:
-    from tbproto.jsontypes import Json, JsonObject
+    from tbproto.jsontypes import JsonObject
 
 PAGE = 4096
 PE_PARENT = 1
@@ -33,7 +34,7 @@ PROT_EXEC = 0x4
 PROT_RW = 0x3
 
 
-def _pycriu() -> Json:
+def _pycriu() -> types.ModuleType:
     return importlib.import_module("pycriu.images")
 
 

@@ -48,7 +48,7 @@ def out_names(files: Json, count: int) -> list[str]:
     return names
 
 
-def _plain_name(name: Json) -> str:
+def _plain_name(name: object) -> str:
     if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name or len(name.encode()) > 255:
         raise StoreError(f"refusing output file name {name!r:.80}: a plain file name is expected")
     return name

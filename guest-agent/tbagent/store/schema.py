@@ -25,12 +25,12 @@ class RecordError(ValueError):
         self.status = status
 
 
-def _int(value: Json) -> TypeGuard[int]:
+def _int(value: object) -> TypeGuard[int]:
     # bool is an int to Python, but true is not an offset
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_name(name: Json) -> str:
+def check_name(name: object) -> str:
     if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME or not name.isprintable():
         raise RecordError("invalid", f"template name {name!r:.80} is not 1 to {MAX_NAME} printable characters")
     return name

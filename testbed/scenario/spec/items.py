@@ -17,7 +17,7 @@ STEP_KEYS = ("name", "kind", "nodes", "timeout")
 WORKLOAD_KEYS = ("name", "kind", "arrival", "placement", "params", "sweep", "timeout", "warmup")
 
 
-def kind_of(doc: Document, kp: KeyPath, raw: dict[str, Yaml], common: tuple[str, ...]) -> tuple[str, Yaml]:
+def kind_of(doc: Document, kp: KeyPath, raw: dict[str, Yaml], common: tuple[str, ...]) -> tuple[str, object]:
     kind_name = raw.get("kind")
     if not isinstance(kind_name, str) or kind_name not in KINDS:  # a list is no key of a dict
         raise doc.error((*kp, "kind") if "kind" in raw else kp,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -98,13 +99,13 @@ class Arrival:
     limit: int | None = None
     max_inflight: int = 32
 
-    def schedule(self, rng: Yaml, function: str) -> arrivals.Schedule:
+    def schedule(self, rng: random.Random | None, function: str) -> arrivals.Schedule:  # rng: poisson's
         if self.pattern is Pattern.FIXED:
             return arrivals.fixed(self.count or 0, self.interval, function)
         if self.pattern is Pattern.CLOSED:
             return arrivals.closed(self.clients, self.count, self.duration, function)
         if self.pattern is Pattern.POISSON:
-            assert self.rate is not None and self.duration is not None
+            assert self.rate is not None and self.duration is not None and rng is not None
             return arrivals.poisson(self.rate, self.duration, rng, function)
         return arrivals.replay(self.trace, self.speed, self.limit)
 
