@@ -6,12 +6,14 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tbagent import __version__
 
 if TYPE_CHECKING:
     from tbproto.jsontypes import JsonObject
+
+    from tbagent.commands import Subcommands
 
 CXL_JSON = Path("/run/cxltb/cxl.json")
 READY = Path("/run/cxltb/ready")
@@ -32,5 +34,5 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     sub.add_parser("info", help="node, kernel and CXL set-up as JSON").set_defaults(fn=cmd_info)

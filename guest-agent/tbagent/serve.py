@@ -38,6 +38,8 @@ from tbagent.store import cli as store_cli
 if TYPE_CHECKING:
     from tbproto.jsontypes import JsonObject
 
+    from tbagent.commands import Subcommands
+
 PROTOCOL = VERSION
 MAX_LINE = 1 << 20  # characters; a longer line is skipped and answered with an error
 MAX_DEPTH = 32  # requests are flat objects: deep nesting is an attack or a bug, not a request
@@ -244,7 +246,7 @@ def _cmd(args: argparse.Namespace) -> int:
     return serve(inp, sys.stdout, args.max_inflight)
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser("serve", help="JSON-lines request mode on stdin/stdout")
     p.add_argument("--max-inflight", type=int, default=MAX_INFLIGHT, help="requests running at once (1: in order)")
     p.set_defaults(fn=_cmd)

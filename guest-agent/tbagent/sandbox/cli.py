@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tbagent.errors import command
 from tbagent.sandbox import paths
@@ -18,6 +18,8 @@ from tbagent.sandbox.sandbox import CLEANUP_STEPS
 
 if TYPE_CHECKING:
     from tbproto.jsontypes import Json, JsonObject
+
+    from tbagent.commands import Subcommands
 
 
 def _config(args: argparse.Namespace) -> PoolConfig:
@@ -204,7 +206,7 @@ def _pool_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-hooks", action="store_true", help="test only: let release requests skip cleanup steps")
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     sb = sub.add_parser("sandbox", help="a pool of reusable, type-agnostic sandboxes").add_subparsers(dest="sbverb", required=True)
     p = sb.add_parser("serve", help="run the pool daemon in the foreground")
     _pool_args(p)

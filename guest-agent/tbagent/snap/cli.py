@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tbproto.ops import Mode
 
@@ -14,6 +14,8 @@ from tbagent.snap import runs, snapshot
 
 if TYPE_CHECKING:
     from tbproto.jsontypes import JsonObject
+
+    from tbagent.commands import Subcommands
 
 
 def _json_arg(text: str) -> JsonObject:
@@ -77,7 +79,7 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser("snap", help="function snapshots in the CXL store and their restore modes")
     s = p.add_subparsers(dest="snap", required=True)
     take = s.add_parser("take", help="start a function, warm it, checkpoint it, publish it as a template")

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tbagent import info
 from tbagent.dax import device_path
@@ -15,6 +15,8 @@ from tbagent.store.core import Store, StoreError
 
 if TYPE_CHECKING:
     from tbproto.jsontypes import Json, JsonObject
+
+    from tbagent.commands import Subcommands
 
 
 def head_of(mhd: str) -> tuple[int, int]:
@@ -146,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     st = sub.add_parser("store", help="the template store in an MHD's shared CXL memory")
     ops = st.add_subparsers(dest="op", required=True)
     f = ops.add_parser("format", help="create an empty store (one node does this once)")
