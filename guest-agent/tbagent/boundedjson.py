@@ -8,7 +8,10 @@ scan and always ends in ValueError."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import Json
 
 _OPEN = frozenset("[{")
 _CLOSE = frozenset("]}")
@@ -36,7 +39,7 @@ def depth(text: str) -> int:
     return deepest
 
 
-def loads(data: str | bytes, max_bytes: int, max_depth: int) -> Any:
+def loads(data: str | bytes, max_bytes: int, max_depth: int) -> Json:
     """Decode `data`, raising ValueError if it is larger than `max_bytes`, nested deeper than
     `max_depth`, or not JSON."""
     if len(data) > max_bytes:

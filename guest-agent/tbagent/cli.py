@@ -9,6 +9,7 @@ import sys
 from tbproto.errors import exit_code
 
 from tbagent import __version__
+from tbagent.commands import Subcommands
 from tbagent.errors import code_of
 
 # Feature modules; each defines register(subparsers) and sets `fn` defaults on its parsers.
@@ -18,7 +19,7 @@ FEATURES = ("tbagent.info", "tbagent.dax", "tbagent.store.cli", "tbagent.serve",
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tbagent", description="cxl-testbed guest agent")
     p.add_argument("--version", action="version", version=__version__)
-    sub = p.add_subparsers(dest="verb", required=True)
+    sub: Subcommands = p.add_subparsers(dest="verb", required=True)
     for name in FEATURES:
         importlib.import_module(name).register(sub)
     return p

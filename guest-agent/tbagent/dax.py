@@ -6,7 +6,10 @@ import argparse
 import mmap
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tbagent.commands import Subcommands
 
 # device-dax only maps whole, aligned units (2 MiB by default) with MAP_SHARED.
 ALIGN = 2 << 20
@@ -64,7 +67,7 @@ def _cmd_read(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     dx = sub.add_parser("dax", help="raw access to a CXL device").add_subparsers(dest="op", required=True)
     w = dx.add_parser("write", help="write hex bytes at an offset")
     w.add_argument("device", help="MHD name (/dev/mhd/NAME) or a /dev/daxX.Y path")

@@ -6,15 +6,20 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tbagent import __version__
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
+
+    from tbagent.commands import Subcommands
 
 CXL_JSON = Path("/run/cxltb/cxl.json")
 READY = Path("/run/cxltb/ready")
 
 
-def info() -> dict[str, Any]:
+def info() -> JsonObject:
     return {
         "agent": __version__,
         "hostname": os.uname().nodename,
@@ -29,5 +34,5 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     sub.add_parser("info", help="node, kernel and CXL set-up as JSON").set_defaults(fn=cmd_info)

@@ -8,7 +8,10 @@ import json
 import os
 import select
 import time
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
 
 class Closed(Exception):
@@ -22,13 +25,13 @@ class LinePipes:
         self.wfd, self.rfd = wfd, rfd
         self._buf = b""
 
-    def send(self, obj: dict[str, Any]) -> None:
+    def send(self, obj: JsonObject) -> None:
         try:
             os.write(self.wfd, json.dumps(obj).encode() + b"\n")
         except BrokenPipeError:
             raise Closed from None
 
-    def recv(self, timeout: float | None) -> dict[str, Any]:
+    def recv(self, timeout: float | None) -> JsonObject:
         """The next reply; TimeoutError after `timeout` seconds (None: wait for ever)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while b"\n" not in self._buf:
@@ -40,10 +43,10 @@ class LinePipes:
                 raise Closed
             self._buf += chunk
         line, self._buf = self._buf.split(b"\n", 1)
-        reply: dict[str, Any] = json.loads(line)
+        reply: JsonObject = json.loads(line)
         return reply
 
-    def call(self, obj: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+    def call(self, obj: JsonObject, timeout: float | None) -> JsonObject:
         self.send(obj)
         return self.recv(timeout)
 

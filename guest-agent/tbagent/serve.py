@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from tbproto import catalog as proto_catalog
 from tbproto import ops as proto
@@ -35,6 +35,11 @@ from tbagent.functions import CATALOG
 from tbagent.snap import cli as snap_cli
 from tbagent.store import cli as store_cli
 
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
+
+    from tbagent.commands import Subcommands
+
 PROTOCOL = VERSION
 MAX_LINE = 1 << 20  # characters; a longer line is skipped and answered with an error
 MAX_DEPTH = 32  # requests are flat objects: deep nesting is an attack or a bug, not a request
@@ -44,21 +49,25 @@ MAX_INFLIGHT = 16  # requests running at once; the reader stops reading while th
 @dataclass(frozen=True)
 class Handler:
     request: type  # the tbproto type the args are decoded into
-    fn: Callable[[Any], object]  # takes the decoded request, returns the JSON result
+    # Takes the decoded request (of `request`, a type that differs per handler: hence Any), returns
+    # the JSON result.
+    fn: Callable[[Any], object]
 
 
-def _given(req: object) -> dict[str, Any]:
+def _given(req: object) -> JsonObject:
     """The fields of a decoded request that were given (None: the handler's default applies)."""
-    return {f.name: v for f in dataclasses.fields(req) if (v := getattr(req, f.name)) is not None}  # type: ignore[arg-type]
+    if not dataclasses.is_dataclass(req) or isinstance(req, type):
+        raise TypeError(f"not a decoded request: {type(req).__name__}")  # a bug in the handler table
+    return {f.name: v for f in dataclasses.fields(req) if (v := getattr(req, f.name)) is not None}
 
 
-def _kw(fn: Callable[..., object]) -> Callable[[Any], object]:
+def _kw(fn: Callable[..., object]) -> Callable[[object], object]:
     return lambda req: fn(**_given(req))
 
 
-def _sandbox(name: str) -> Callable[[Any], object]:
+def _sandbox(name: str) -> Callable[[object], object]:
     # The sandbox command line imports its modules lazily (the pool pulls in much): so does this.
-    def call(req: Any) -> object:
+    def call(req: object) -> object:
         from tbagent.sandbox import cli as sandbox_cli
 
         fn: Callable[..., object] = getattr(sandbox_cli, name)
@@ -66,7 +75,7 @@ def _sandbox(name: str) -> Callable[[Any], object]:
     return call
 
 
-def catalog() -> dict[str, Any]:
+def catalog() -> JsonObject:
     return {"protocol": PROTOCOL, "functions": sorted(CATALOG)}
 
 
@@ -100,10 +109,10 @@ class Call:
 
     id: Id
     op: str
-    args: dict[str, Any]
+    args: JsonObject
 
 
-def _scalar(value: Any) -> bool:
+def _scalar(value: object) -> bool:
     return value is None or isinstance(value, bool | int | float | str)
 
 
@@ -145,7 +154,7 @@ def run(call: Call) -> Reply:
     return Reply(call.id, True, result, timing=Timing(start, time.monotonic_ns()))
 
 
-def handle(line: str) -> dict[str, Any]:
+def handle(line: str) -> JsonObject:
     """The reply to one request line, run here and now. Never raises."""
     try:
         parsed = parse(line)
@@ -154,7 +163,7 @@ def handle(line: str) -> dict[str, Any]:
         return error(None, ErrorCode.INTERNAL, "".join(traceback.format_exception_only(exc)).strip()).to_json()
 
 
-def _encode(reply: dict[str, Any]) -> str:
+def _encode(reply: JsonObject) -> str:
     try:
         return json.dumps(reply, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:  # an op returned something JSON cannot carry
@@ -180,7 +189,7 @@ class _Writer:
         self.out = out
         self.lock = threading.Lock()
 
-    def send(self, reply: dict[str, Any]) -> None:
+    def send(self, reply: JsonObject) -> None:
         line = _encode(reply) + "\n"
         with self.lock:
             self.out.write(line)
@@ -237,7 +246,7 @@ def _cmd(args: argparse.Namespace) -> int:
     return serve(inp, sys.stdout, args.max_inflight)
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser("serve", help="JSON-lines request mode on stdin/stdout")
     p.add_argument("--max-inflight", type=int, default=MAX_INFLIGHT, help="requests running at once (1: in order)")
     p.set_defaults(fn=_cmd)

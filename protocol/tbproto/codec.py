@@ -3,7 +3,7 @@
 Both ends use it on what the other end sent: the agent on requests, the host on replies. A value
 of the wrong shape is one ProtocolError naming the op and the field, never a KeyError or a
 TypeError deeper down. Supported field types: str, int, float, bool, None, StrEnum subclasses,
-X | None, list[X], tuple[X, ...], dict[str, X], nested frozen dataclasses, and Any (JSON as is)."""
+X | None, list[X], tuple[X, ...], dict[str, X], nested frozen dataclasses, and Json (kept as is)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import types
 import typing
 from collections.abc import Mapping
 from functools import cache
-from typing import Any, TypeVar, cast
+from typing import TypeVar
+
+from tbproto.jsontypes import Json, JsonObject
 
 T = TypeVar("T")
 
@@ -27,7 +29,7 @@ class ProtocolError(ValueError):
 
 
 @cache
-def _hints(cls: Any) -> dict[str, Any]:
+def _hints(cls: type) -> dict[str, object]:
     return typing.get_type_hints(cls)
 
 
@@ -35,9 +37,9 @@ def _kind(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _as(tp: Any, value: object, op: str, where: str, strict: bool) -> Any:
+def _as(tp: object, value: object, op: str, where: str, strict: bool) -> Json:
     """`value` checked (and converted: lists to tuples, ints to floats) as the type `tp`."""
-    if tp is Any:
+    if tp is Json:  # a field typed Json (typing.Any): kept as it is
         return value
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -102,11 +104,13 @@ def decode(cls: type[T], value: object, op: str, where: str = "args", *, strict:
     (requests); otherwise it is ignored (replies: a newer agent may add fields)."""
     if not isinstance(value, Mapping):
         raise ProtocolError(op, where, f"expected an object, got {_kind(value)}")
-    hints = _hints(cast(Any, cls))
-    fields = {f.name: f for f in dataclasses.fields(cast(Any, cls))}
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"tbproto cannot decode the type {cls!r}")  # a bug in a type definition
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     if strict and (extra := sorted(str(k) for k in value if k not in fields)):
         raise ProtocolError(op, f"{where}.{extra[0]}", f"unexpected field (known: {', '.join(fields) or 'none'})")
-    kwargs: dict[str, Any] = {}
+    kwargs: JsonObject = {}
     for name, f in fields.items():
         if name in value:
             kwargs[name] = _as(hints[name], value[name], op, f"{where}.{name}", strict)
@@ -115,12 +119,12 @@ def decode(cls: type[T], value: object, op: str, where: str = "args", *, strict:
     return cls(**kwargs)
 
 
-def decode_as(tp: Any, value: object, op: str, where: str = "result", *, strict: bool = False) -> Any:
+def decode_as(tp: object, value: object, op: str, where: str = "result", *, strict: bool = False) -> Json:
     """`value` checked as the type expression `tp` (e.g. list[StoreEntry])."""
     return _as(tp, value, op, where, strict)
 
 
-def encode(value: object) -> Any:
+def encode(value: object) -> Json:
     """A dataclass (or a list, dict, enum, scalar of them) as JSON data. Fields that are None are
     left out: None means "not given" in every request."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from tbproto.codec import ProtocolError
 from tbproto.errors import ErrorCode
+from tbproto.jsontypes import Json, JsonObject
 
 VERSION = 1
 Id = int | str | None
@@ -33,7 +33,7 @@ class Timing:
 class Request:
     id: Id
     op: str
-    args: dict[str, Any]  # decoded further by the op's request type
+    args: JsonObject  # decoded further by the op's request type
 
     def line(self) -> str:
         return json.dumps({"v": VERSION, "id": self.id, "op": self.op, "args": self.args}) + "\n"
@@ -43,13 +43,13 @@ class Request:
 class Reply:
     id: Id
     ok: bool
-    result: Any = None  # JSON; decoded further by the op's reply type
+    result: Json = None  # JSON; decoded further by the op's reply type
     code: ErrorCode | str | None = None  # error replies; a code this side does not know stays a str
     message: str = ""
     timing: Timing | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"v": VERSION, "id": self.id, "ok": self.ok}
+    def to_json(self) -> JsonObject:
+        out: JsonObject = {"v": VERSION, "id": self.id, "ok": self.ok}
         if self.ok:
             out["result"] = self.result
         else:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
+from tbproto.jsontypes import Json, JsonObject
 from tbproto.records import SandboxRun
 
 
@@ -52,7 +52,7 @@ class NodeInfo:
     hostname: str
     kernel: str
     ready_s: float | None = None
-    cxl: list[dict[str, Any]] = field(default_factory=list)  # the boot-time CXL set-up, as the node wrote it
+    cxl: list[JsonObject] = field(default_factory=list)  # the boot-time CXL set-up, as the node wrote it
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class StorePut:
     mhd: str
     name: str
     files: tuple[str, ...]
-    meta: dict[str, Any] | None = None
+    meta: JsonObject | None = None
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class StoreEntry:
     seq: int
     bytes: int
     extents: tuple[Extent, ...]
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: JsonObject = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ class StoreCheckReply:
     templates: int
     records: int
     heads: int
-    problems: list[dict[str, Any]]
+    problems: list[JsonObject]
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ class SnapTake:
     name: str
     function: str
     mhd: str | None = None
-    warm: dict[str, Any] | None = None
+    warm: JsonObject | None = None
     env: dict[str, str] | None = None
 
 
@@ -199,7 +199,7 @@ class SnapTaken:
     template_bytes: int
     criu_bytes: int
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
-    warm_result: Any = None  # the function's answer to the warm-up request
+    warm_result: Json = None  # the function's answer to the warm-up request
 
 
 @dataclass(frozen=True)
@@ -224,7 +224,7 @@ class SnapRun:
     name: str
     mode: Mode
     count: int | None = None
-    event: dict[str, Any] | None = None
+    event: JsonObject | None = None
     requests: int | None = None
     populate: bool | None = None
     mhd: str | None = None
@@ -237,7 +237,7 @@ class SnapDedup:
     name: str
     mode: Mode
     count: int | None = None
-    event: dict[str, Any] | None = None
+    event: JsonObject | None = None
     mhd: str | None = None
 
 
@@ -280,7 +280,7 @@ class SandboxRunPool:
     """Run `function` once in a repurposed sandbox of the pool (`tbagent sandbox run`)."""
 
     function: str
-    event: dict[str, Any] | None = None
+    event: JsonObject | None = None
     env: dict[str, str] | None = None
     on_exhausted: Policy | None = None
     timeout: float | None = None
@@ -291,14 +291,14 @@ class SandboxRunFresh:
     """Run `function` once in a sandbox crun makes from scratch (`tbagent sandbox oci`)."""
 
     function: str
-    event: dict[str, Any] | None = None
+    event: JsonObject | None = None
 
 
 @dataclass(frozen=True)
 class Op:
     name: str
     request: type
-    reply: Any  # a type expression: a dataclass, list[...] or dict[str, Any]
+    reply: object  # a type expression: a dataclass, list[...] or JsonObject
 
 
 OPS: dict[str, Op] = {o.name: o for o in (
@@ -314,9 +314,9 @@ OPS: dict[str, Op] = {o.name: o for o in (
     Op("store.gc", StoreGc, StoreGcReply),
     Op("snap.take", SnapTake, SnapTaken),
     Op("snap.prepare", SnapPrepare, SnapPrepared),
-    Op("snap.run", SnapRun, list[dict[str, Any]]),  # records.run_records types them
+    Op("snap.run", SnapRun, list[JsonObject]),  # records.run_records types them
     Op("snap.dedup", SnapDedup, SnapDedupReply),
-    Op("sandbox.pool", SandboxPool, dict[str, Any]),  # the daemon's status object
+    Op("sandbox.pool", SandboxPool, JsonObject),  # the daemon's status object
     Op("sandbox.stop", SandboxStop, SandboxStopped),
     Op("sandbox.run", SandboxRunPool, SandboxRun),
     Op("sandbox.fresh", SandboxRunFresh, SandboxRun),

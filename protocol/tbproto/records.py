@@ -7,9 +7,9 @@ Figures are optional: an instance that failed early has few of them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from tbproto.codec import ProtocolError, decode
+from tbproto.jsontypes import Json, JsonObject
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class InstanceRecord:
     function: str | None = None
     mode: str | None = None
     sandbox: str | None = None
-    result: Any = None  # the function's answer (JSON)
+    result: Json = None  # the function's answer (JSON)
     error: str | None = None
     startup_ms: float | None = None
     first_request_ms: float | None = None
@@ -102,7 +102,7 @@ class FunctionReply:
     """The function's own answer inside a sandbox (seconds)."""
 
     ok: bool = False
-    result: Any = None
+    result: Json = None
     error: str | None = None
     run_s: float | None = None
     invoke_s: float | None = None
@@ -125,7 +125,7 @@ class SandboxRun:
     sandbox: int | None = None  # the pool sandbox's id (a fresh sandbox has none)
     fresh: bool | None = None
     waited_s: float | None = None
-    timings: dict[str, Any] = field(default_factory=dict)  # step -> seconds; `created` is a nested object
+    timings: JsonObject = field(default_factory=dict)  # step -> seconds; `created` is a nested object
     reply: FunctionReply = field(default_factory=FunctionReply)
     release: Release | None = None
     destroy_s: float | None = None

@@ -20,6 +20,7 @@ from tbproto import catalog as proto_catalog
 from tbproto import ops as proto
 from tbproto.codec import ProtocolError, decode_as, encode
 from tbproto.envelope import VERSION, Reply, Request, parse_reply
+from tbproto.jsontypes import Json, JsonObject
 from tbproto.records import InstanceRecord, RunSummary, SandboxRun, run_records
 
 from testbed.errors import NodeError, NodeTimeout, Unreachable
@@ -57,6 +58,8 @@ class ChannelOpener(Protocol):
     def name(self) -> str: ...
 
 
+    # paramiko.Channel, which its stubs do not let match Channel (makefile returns ChannelFile):
+    # the client narrows it to Channel on receipt.
     def open_channel(self, command: str, timeout: float) -> Any: ...
 
 
@@ -64,14 +67,14 @@ class ChannelOpener(Protocol):
 class Exchange:
     """One answered request: the JSON result and the agent's own time for the op (ms)."""
 
-    result: Any
+    result: Json  # decoded further by the op's reply type
     op_ms: float | None
 
 
 class Exchanger(Protocol):
     """What callers need of an agent session: AgentClient, or a test's fake."""
 
-    def exchange(self, op: str, args: Mapping[str, Any] | None = None, timeout: float | None = None) -> Exchange: ...
+    def exchange(self, op: str, args: Mapping[str, Json] | None = None, timeout: float | None = None) -> Exchange: ...
 
 
 class AgentClient:
@@ -175,7 +178,7 @@ class AgentClient:
 
     # --- requests -----------------------------------------------------------------------------
 
-    def exchange(self, op: str, args: Mapping[str, Any] | None = None, timeout: float | None = None) -> Exchange:
+    def exchange(self, op: str, args: Mapping[str, Json] | None = None, timeout: float | None = None) -> Exchange:
         """One request; its result (JSON) and the agent's time for it. AgentError for an error
         reply, Unreachable when the session is lost, NodeTimeout when no reply comes in time."""
         fut: Future[Reply] = Future()
@@ -211,11 +214,11 @@ class AgentClient:
             raise AgentError(self.name, op, str(reply.code), reply.message)
         return Exchange(reply.result, reply.timing.op_ms if reply.timing is not None else None)
 
-    def request(self, op: str, args: Mapping[str, Any] | None = None, /, **kwargs: Any) -> Any:
+    def request(self, op: str, args: Mapping[str, Json] | None = None, /, **kwargs: Json) -> Json:
         """The generic request of the scenario `agent` kind: the JSON result."""
         return self.exchange(op, {**(args or {}), **kwargs}).result
 
-    def call(self, req: object, reply_type: type[T] | Any = None, timeout: float | None = None) -> tuple[Any, float | None]:
+    def call(self, req: object, reply_type: object = None, timeout: float | None = None) -> tuple[Json, float | None]:
         """A typed request (a tbproto request object): (its reply decoded as the op's reply type,
         the agent's time in ms). ProtocolError when the reply does not have the op's shape."""
         op = next(o for o in proto.OPS.values() if o.request is type(req))
@@ -240,7 +243,7 @@ class AgentClient:
         reply: proto.StoreFormatted = self.call(proto.StoreFormat(mhd, slots))[0]
         return reply
 
-    def store_put(self, mhd: str, name: str, files: tuple[str, ...], meta: dict[str, Any] | None = None) -> proto.StorePutReply:
+    def store_put(self, mhd: str, name: str, files: tuple[str, ...], meta: JsonObject | None = None) -> proto.StorePutReply:
         reply: proto.StorePutReply = self.call(proto.StorePut(mhd, name, files, meta))[0]
         return reply
 
@@ -279,8 +282,8 @@ class AgentClient:
         reply: proto.SnapDedupReply = self.call(req)[0]
         return reply
 
-    def sandbox_pool(self, req: proto.SandboxPool) -> dict[str, Any]:
-        reply: dict[str, Any] = self.call(req)[0]
+    def sandbox_pool(self, req: proto.SandboxPool) -> JsonObject:
+        reply: JsonObject = self.call(req)[0]
         return reply
 
     def sandbox_stop(self, req: proto.SandboxStop) -> proto.SandboxStopped:

@@ -7,6 +7,7 @@ loader) maps every key path to its line, so errors can name file, line and field
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 import math
 import os
@@ -16,13 +17,14 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import yaml
 
 from testbed.errors import ConfigError
 
 T = TypeVar("T")
+Yaml = Any  # a safe-loaded YAML value before convert() checks it against a dataclass field
 KeyPath = tuple[str | int, ...]
 
 # ASCII digits only: \d would take any Unicode digit; at most 20 digits, so int() stays cheap.
@@ -66,7 +68,7 @@ class Document:
     """A parsed YAML document plus the line of every key path."""
 
     path: str
-    data: Any
+    data: Yaml
     lines: Mapping[KeyPath, int]
     text: str = dataclasses.field(default="", repr=False, compare=False)  # as read: parsed and hashed once
 
@@ -108,10 +110,17 @@ MAX_INT = 1 << 63
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
+class Marked(Protocol):
+    """Where in the text a YAML node starts (PyYAML's Mark, of its Python or C parser)."""
+
+    @property
+    def line(self) -> int: ...
+
+
 class Refused(Exception):
     """Input the loader will not accept: where (a YAML mark) and why."""
 
-    def __init__(self, mark: Any, message: str, keypath: KeyPath = ()) -> None:
+    def __init__(self, mark: Marked | None, message: str, keypath: KeyPath = ()) -> None:
         self.mark = mark
         self.message = message
         self.keypath = keypath
@@ -132,7 +141,7 @@ class _BoundedLoader(yaml.SafeLoader):
         self.open_anchors: set[str] = set()
         self.sizes: dict[int, int] = {}  # id(node) -> values in it once aliases are expanded
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         event = self.peek_event()  # type: ignore[no-untyped-call]
         if isinstance(event, yaml.AliasEvent):
             # An alias of an anchor still being composed makes a cycle (`a: &r [*r]`).
@@ -184,7 +193,7 @@ class _BoundedLoader(yaml.SafeLoader):
             raise Refused(node.start_mark, f"not a finite number: {node.value}")
         return value
 
-    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> datetime.date:
         try:
             return super().construct_yaml_timestamp(node)
         except (ValueError, OverflowError):  # 2024-13-45 matches the timestamp pattern
@@ -220,7 +229,7 @@ def _index_lines(loader: _BoundedLoader, node: yaml.Node, prefix: KeyPath, lines
             _index_lines(loader, item, (*prefix, i), lines)
 
 
-def _compose(text: str) -> tuple[Any, dict[KeyPath, int]]:
+def _compose(text: str) -> tuple[Yaml, dict[KeyPath, int]]:
     """Parse once with the bounded loader: the data and the line of every key path."""
     loader = _BoundedLoader(text)
     try:
@@ -234,7 +243,7 @@ def _compose(text: str) -> tuple[Any, dict[KeyPath, int]]:
         loader.dispose()
 
 
-def load_value(text: str) -> Any:
+def load_value(text: str) -> Yaml:
     """A value given on the command line (--set), under the same bounds as a file."""
     if len(text) > MAX_FILE_BYTES:
         raise Refused(None, f"longer than {MAX_FILE_BYTES} characters")
@@ -300,13 +309,13 @@ def load_document(path: Path | str, text: str | None = None) -> Document:
     return Document(name, data, lines, text)
 
 
-def _kind(tp: Any) -> str:
+def _kind(tp: object) -> str:
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return "one of " + ", ".join(str(m.value) for m in tp)
     return getattr(tp, "__name__", str(tp))
 
 
-def convert(doc: Document, tp: Any, value: Any, keypath: KeyPath) -> Any:
+def convert(doc: Document, tp: object, value: Yaml, keypath: KeyPath) -> Yaml:
     """Convert a safe-loaded value into type tp, strictly (unknown keys are errors)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -366,7 +375,7 @@ def convert(doc: Document, tp: Any, value: Any, keypath: KeyPath) -> Any:
     raise TypeError(f"unsupported field type {tp!r}")
 
 
-def string_keys(doc: Document, keypath: KeyPath, value: Any) -> None:
+def string_keys(doc: Document, keypath: KeyPath, value: Yaml) -> None:
     """Refuse a non-string key anywhere in free-form data: such data is sent as JSON keyword
     arguments and hashed with sorted keys, where null or 1 next to "a" fails far from the file."""
     if isinstance(value, dict):
@@ -379,7 +388,7 @@ def string_keys(doc: Document, keypath: KeyPath, value: Any) -> None:
             string_keys(doc, (*keypath, i), v)
 
 
-def from_mapping(doc: Document, cls: type[T], value: Any, keypath: KeyPath) -> T:
+def from_mapping(doc: Document, cls: type[T], value: Yaml, keypath: KeyPath) -> T:
     """Build dataclass cls from a mapping. Field metadata 'key' renames a YAML key."""
     if value is None:
         value = {}
@@ -391,7 +400,7 @@ def from_mapping(doc: Document, cls: type[T], value: Any, keypath: KeyPath) -> T
         if key not in fields:
             known = ", ".join(sorted(fields))
             raise doc.error((*keypath, str(key)), f"unknown key (known keys: {known})")
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Yaml] = {}
     for key, field in fields.items():
         if key in value:
             kwargs[field.name] = convert(doc, hints[field.name], value[key], (*keypath, key))

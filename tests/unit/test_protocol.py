@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -180,3 +182,25 @@ def test_a_pool_sandbox_run_decodes_with_its_numeric_sandbox_id() -> None:
     assert run.sandbox == 3 and run.lease == "l-1"
     fresh = decode_as(SandboxRun, {"ok": True, "timings": {}, "reply": {"ok": True}, "destroy_s": 0.1}, "sandbox.fresh")
     assert fresh.sandbox is None
+
+
+def test_json_fields_pass_through_and_only_dataclasses_decode() -> None:
+    # A field typed Json (tbproto.jsontypes) is kept as the agent sent it, nested values and all.
+    event = {"a": [1, {"b": None}], "c": "x"}
+    req = decode(proto.SnapRun, {"name": "s", "mode": "cold", "event": event}, "snap.run")
+    assert req.event == event
+    run = decode_as(SandboxRun, {"ok": True, "reply": {"ok": True, "result": [1, "two"]}}, "sandbox.run")
+    assert run.reply.result == [1, "two"]
+    # decode() of something that is not a dataclass is a bug in a type definition, not bad input
+    with pytest.raises(TypeError, match="cannot decode"):
+        decode(dict, {}, "x")
+
+
+def test_the_agents_light_modules_do_not_load_typing_for_their_json_names() -> None:
+    # The crun runner imports tbagent.sandbox.proto on every start: its Json names are for the
+    # type checker only (importing typing costs tens of ms under TCG).
+    root = Path(__file__).resolve().parents[2]
+    code = "import sys, tbagent.sandbox.proto; print('tbproto.jsontypes' in sys.modules, 'typing' in sys.modules)"
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": f"{root / 'guest-agent'}:{root / 'protocol'}"})
+    assert out.stdout.split() == ["False", "False"]

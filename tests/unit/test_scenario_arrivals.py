@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from testbed.errors import ConfigError
+from testbed.scenario.kinds.restore import RestoreSpec
 from testbed.scenario.spec import arrivals
 
 RATE = 5.0
@@ -227,5 +228,6 @@ def test_azure_replay_scenario_loads() -> None:
     events = sched.events
     assert len(events) == 72 and 55 < events[-1].offset < 65  # about a minute of replay under TCG
     # every function of the whole trace has a snapshot, so --set ...limit=199 works too
+    assert isinstance(wl.spec, RestoreSpec)
     aliases = wl.spec.aliases
     assert {fn for _, fn in wl.arrival.trace} <= set(aliases)

@@ -18,8 +18,8 @@ from testbed.access.agent import AgentError, Exchange
 from testbed.access.node import ChannelNode
 from testbed.scenario.kinds import KINDS
 from testbed.scenario.kinds import restore as restore_kinds
-from testbed.scenario.kinds.restore import RestoreAction, RestoreKind
-from testbed.scenario.kinds.sandbox import SandboxKind
+from testbed.scenario.kinds.restore import RestoreAction, RestoreKind, RestoreSpec
+from testbed.scenario.kinds.sandbox import SandboxKind, SandboxSpec
 from testbed.scenario.output import plots
 from testbed.scenario.spec import arrivals, schema
 from testbed.ui import cli
@@ -153,6 +153,7 @@ workloads:
 def test_restore_spec_parses(tmp_path: Path) -> None:
     scn = schema.load(write(tmp_path, BASE))
     spec = scn.workloads[0].spec
+    assert isinstance(spec, RestoreSpec)
     assert spec.action is RestoreAction.RUN and spec.snapshot == "snap-hello" and spec.count == 2
     assert spec.env == {"HEAP_MIB": "32"}  # numbers become the strings an environment holds
     assert KINDS["restore"].has_prepare(spec)  # it names its function: it takes the snapshot
@@ -206,6 +207,7 @@ setup:
 modes:""")
     scn = schema.load(write(tmp_path, text))
     take, prep = scn.setup
+    assert isinstance(take.spec, RestoreSpec)
     assert take.spec.action is RestoreAction.TAKE and take.on == ("node0",) and prep.on == ("node0", "node1")
     exc = error(tmp_path, text.replace("function: jsonrt, ", ""))
     assert (exc.line, exc.field) == (4, "setup[0]") and "action take needs 'function'" in exc.message
@@ -414,6 +416,7 @@ def test_sandbox_kind_runs_pool_and_fresh(tmp_path: Path) -> None:
     scn = schema.load(write(tmp_path, SANDBOX))
     kind, agent = SandboxKind(), SandboxAgent()
     spec = scn.workloads[0].spec
+    assert isinstance(spec, SandboxSpec)
     pool = kind.invoke(agent, spec, values(sandbox="pool"), 60)
     assert pool.ok and pool.result is not None and pool.function_ms is not None
     assert agent.calls[-1] == ("sandbox.run", {"function": "hello", "event": {"name": "x"}})
@@ -428,12 +431,14 @@ def test_sandbox_kind_runs_pool_and_fresh(tmp_path: Path) -> None:
     assert list(fresh.result["phases"]) == ["rootfs_ms", "bundle_ms", "create_ms", "network_ms", "process_ms",
                                             "function_init_ms", "run_ms"]
     assert fresh.result["teardown_ms"] == pytest.approx(50.0)
+    assert isinstance(scn.setup[0].spec, SandboxSpec)
     step = kind.invoke(agent, scn.setup[0].spec, values(), 60)
     assert step.ok and agent.calls[-1] == ("sandbox.pool", {"size": 2, "on_exhausted": "fallback"})
 
 
 def test_sandbox_kind_reports_a_malformed_record_as_a_failed_invocation(tmp_path: Path) -> None:
     spec = schema.load(write(tmp_path, SANDBOX)).workloads[0].spec
+    assert isinstance(spec, SandboxSpec)
 
     class Garbled(SandboxAgent):
         def exchange(self, op: str, args: Mapping[str, Any] | None = None, timeout: float | None = None) -> Exchange:
@@ -556,7 +561,9 @@ def test_shipped_scenarios_use_the_new_kinds() -> None:
     assert (p.create_on, p.invoke_on) == ("node0", ("node1",))
     trace = schema.load(REPO / "scenarios" / "trace-replay.yaml")
     fns = {f for _, f in trace.workloads[0].arrival.trace}
-    assert fns <= set(trace.workloads[0].spec.aliases)  # every function of the trace has a snapshot
+    trace_spec = trace.workloads[0].spec
+    assert isinstance(trace_spec, RestoreSpec)
+    assert fns <= set(trace_spec.aliases)  # every function of the trace has a snapshot
 
 
 @pytest.mark.parametrize(("path", "override", "field"), [

@@ -13,7 +13,10 @@ from __future__ import annotations
 import lzma
 import random
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
 CORPUS_KIB = 4096
 SEED = 2024
@@ -37,7 +40,7 @@ def build(kib: int = CORPUS_KIB, seed: int = SEED) -> bytes:
 CORPUS = build()
 
 
-def handle(event: dict[str, Any]) -> dict[str, Any]:
+def handle(event: JsonObject) -> JsonObject:
     kib = int(event.get("kib", 1024))
     algo = str(event.get("algo", "zlib"))
     level = int(event.get("level", 6))

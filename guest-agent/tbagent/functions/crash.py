@@ -5,10 +5,13 @@ from __future__ import annotations
 import ctypes
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
 
-def handle(event: dict[str, Any]) -> dict[str, Any]:
+def handle(event: JsonObject) -> JsonObject:
     if os.fork() == 0:
         while True:
             time.sleep(3600)

@@ -13,7 +13,10 @@ import os
 import socket
 import struct
 import time
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
 LEAK_FILES = ("/tmp/leak.txt", "/leak-root.txt", "/etc/leak.conf")
 LEAK_MOUNT = "/mnt/leak"
@@ -54,7 +57,7 @@ def _sleeper(ready_w: int) -> None:
         time.sleep(3600)
 
 
-def handle(event: dict[str, Any]) -> dict[str, Any]:
+def handle(event: JsonObject) -> JsonObject:
     for path in LEAK_FILES:
         with open(path, "w") as fh:
             fh.write("left behind by dirty\n")

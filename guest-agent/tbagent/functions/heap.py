@@ -15,10 +15,13 @@ request's checksum rises by WRITE_DELTA for every earlier write to a page it rea
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
 MAX_MIB = 1024
 PAGE = 4096
@@ -48,7 +51,7 @@ HEAP_MIB = _size_mib()
 HEAP = build(HEAP_MIB, int(os.environ.get("HEAP_SEED", "1")))
 
 
-def handle(event: dict[str, Any]) -> dict[str, Any]:
+def handle(event: JsonObject) -> JsonObject:
     touch_pct = float(event.get("touch_pct", 100))
     write_ratio = float(event.get("write_ratio", 0.0))
     if not 0.0 <= touch_pct <= 100.0 or not 0.0 <= write_ratio <= 1.0:

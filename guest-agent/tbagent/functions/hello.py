@@ -6,12 +6,15 @@ import json
 import os
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
 META = "/function/meta.json"
 
 
-def handle(event: dict[str, Any]) -> dict[str, Any]:
+def handle(event: JsonObject) -> JsonObject:
     if event.get("sleep"):
         time.sleep(float(event["sleep"]))
     # The layer's name in a sandbox; a snapshot instance runs outside one.

@@ -9,10 +9,13 @@ the size and the first 16 hex digits of the sha256 of the resized pixels.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
 WIDTH, HEIGHT, SEED = 1024, 768, 42
 MAX_SIDE = 4096
@@ -28,7 +31,7 @@ def build(width: int = WIDTH, height: int = HEIGHT, seed: int = SEED) -> Image.I
 IMAGE = build()
 
 
-def handle(event: dict[str, Any]) -> dict[str, Any]:
+def handle(event: JsonObject) -> JsonObject:
     w, h = int(event.get("w", 320)), int(event.get("h", 240))
     if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE):
         raise ValueError(f"w and h must be 1..{MAX_SIDE}, not {w}x{h}")

@@ -10,10 +10,13 @@ checksum of the probabilities (weighted by class number, so it is not just the b
 from __future__ import annotations
 
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
 LAYERS = (784, 256, 64, 10)
 SEED = 7
@@ -50,7 +53,7 @@ def forward(x: Array) -> Array:
 MODEL = build()
 
 
-def handle(event: dict[str, Any]) -> dict[str, Any]:
+def handle(event: JsonObject) -> JsonObject:
     n = int(event.get("batch", 32))
     if not 1 <= n <= MAX_BATCH:
         raise ValueError(f"batch must be 1..{MAX_BATCH}, not {n}")

@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
 META = "/function/meta.json"
 
 
-def handle(event: dict[str, Any]) -> dict[str, Any]:
+def handle(event: JsonObject) -> JsonObject:
     n = int(event.get("items", 1000))
     doc = {"items": [{"id": i, "name": f"item-{i}", "tags": ["a", "b", str(i % 7)], "price": i * 0.25}
                      for i in range(n)]}

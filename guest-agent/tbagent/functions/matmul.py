@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
 
 def _layer() -> str | None:
@@ -18,7 +21,7 @@ def _layer() -> str | None:
     return name
 
 
-def handle(event: dict[str, Any]) -> dict[str, Any]:
+def handle(event: JsonObject) -> JsonObject:
     n = int(event.get("n", 128))
     rng = np.random.default_rng(int(event.get("seed", 0)))
     a = rng.random((n, n))

@@ -6,7 +6,10 @@ import fcntl
 import os
 import socket
 import struct
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
 TCP_STATES = {"01": "ESTABLISHED", "06": "TIME_WAIT", "0A": "LISTEN"}
 
@@ -19,7 +22,7 @@ def _read(path: str) -> str:
         return ""
 
 
-def _inet(table: str) -> list[dict[str, Any]]:
+def _inet(table: str) -> list[JsonObject]:
     out = []
     for line in _read(table).splitlines()[1:]:
         f = line.split()
@@ -27,7 +30,7 @@ def _inet(table: str) -> list[dict[str, Any]]:
     return out
 
 
-def _processes() -> list[dict[str, Any]]:
+def _processes() -> list[JsonObject]:
     out = []
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -54,7 +57,7 @@ def _cgroup() -> dict[str, int]:
     return out
 
 
-def _net() -> dict[str, Any]:
+def _net() -> JsonObject:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
             mtu = struct.unpack_from("i", fcntl.ioctl(s, 0x8921, struct.pack("16s24x", b"eth0")), 16)[0]  # SIOCGIFMTU
@@ -64,7 +67,7 @@ def _net() -> dict[str, Any]:
     return {"mtu": mtu, "up": bool(flags & 1), "routes": _read("/proc/net/route").splitlines()[1:]}
 
 
-def handle(event: dict[str, Any]) -> dict[str, Any]:
+def handle(event: JsonObject) -> JsonObject:
     paths = list(event.get("paths", []))
     return {
         "self": os.getpid(),

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the function runner imports this package, keep it light
 if TYPE_CHECKING:
-    from typing import Any
+    from tbagent.commands import Subcommands
 
 
-def register(sub: Any) -> None:
+
+def register(sub: Subcommands) -> None:
     """`tbagent sandbox ...`; the command line is imported only when the agent's parser is built."""
     from tbagent.sandbox.cli import register as register_cli
 

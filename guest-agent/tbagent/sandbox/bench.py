@@ -15,7 +15,7 @@ import math
 import os
 import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tbproto import meminfo as proc_meminfo
 
@@ -24,6 +24,9 @@ from tbagent.sandbox import cgroup, layers, oci, server
 from tbagent.sandbox.cgroup import Group
 from tbagent.sandbox.pool import Pool, PoolConfig
 from tbagent.sandbox.sandbox import DEFAULT_LIMITS, limits_for
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
 MEMINFO = ("MemFree", "MemAvailable", "Slab", "SReclaimable", "SUnreclaim", "KernelStack", "PageTables", "Shmem")
 OCI_SLOTS = 8
@@ -43,7 +46,7 @@ def summary(xs: list[float]) -> dict[str, float]:
             "max": max(xs), "mean": statistics.fmean(xs)}
 
 
-def _phases(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, dict[str, float]]:
+def _phases(rows: list[JsonObject], keys: tuple[str, ...]) -> dict[str, dict[str, float]]:
     return {k: summary([float(r[k]) for r in rows if k in r]) for k in keys}
 
 
@@ -69,7 +72,7 @@ def _smaps(pid: int) -> dict[str, int]:
     return out
 
 
-def idle_memory(pool: Pool, n: int) -> dict[str, Any]:
+def idle_memory(pool: Pool, n: int) -> JsonObject:
     """Memory per idle pooled sandbox: node-wide deltas over n new sandboxes, and per sandbox its
     init's cgroup (memory.current: what it wrote since the fork, plus the kernel objects charged
     there: namespaces, page tables, its stage tmpfs) and the init's RSS/PSS."""
@@ -95,7 +98,7 @@ def idle_memory(pool: Pool, n: int) -> dict[str, Any]:
             "init_private": summary([float(m.get("Private_Dirty", 0) + m.get("Private_Clean", 0)) for m in smaps])}
 
 
-def cgroup_reset(repeats: int = 20) -> dict[str, Any]:
+def cgroup_reset(repeats: int = 20) -> JsonObject:
     """memory.peak reset by writing to it (per file descriptor since 6.12) against recreating the leaf."""
     g = Group("bench-peak")
     g.destroy()
@@ -134,7 +137,7 @@ def cgroup_reset(repeats: int = 20) -> dict[str, Any]:
 
 
 def run(function: str = "hello", runs: int = 200, oci_runs: int = 50, variant_runs: int = 15,
-        memory_sandboxes: int = 8) -> dict[str, Any]:
+        memory_sandboxes: int = 8) -> JsonObject:
     if server.running():
         raise RuntimeError("a pool daemon is running; stop it (tbagent sandbox stop) before benchmarking")
     spec = function_spec(function)
@@ -144,12 +147,12 @@ def run(function: str = "hello", runs: int = 200, oci_runs: int = 50, variant_ru
     lowers = [layers.function_layer(spec), layers.base_dir()]
     limits = limits_for(spec)
     pool = Pool(PoolConfig(size=1, max_size=max(16, memory_sandboxes + 2))).start()
-    rep: list[dict[str, Any]] = []
-    rel: list[dict[str, Any]] = []
-    box_rows: list[dict[str, Any]] = []
+    rep: list[JsonObject] = []
+    rel: list[JsonObject] = []
+    box_rows: list[JsonObject] = []
     destroys: list[float] = []
-    fresh: list[dict[str, Any]] = []
-    out: dict[str, Any] = {"function": function}
+    fresh: list[JsonObject] = []
+    out: JsonObject = {"function": function}
     try:
         for i in range(3):  # warm-up: layers, page cache, first use of the sandbox, crun's first runs
             lease = pool.acquire(function)

@@ -9,12 +9,17 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tbagent.errors import command
 from tbagent.sandbox import paths
 from tbagent.sandbox.pool import POLICIES, PoolConfig
 from tbagent.sandbox.sandbox import CLEANUP_STEPS
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import Json, JsonObject
+
+    from tbagent.commands import Subcommands
 
 
 def _config(args: argparse.Namespace) -> PoolConfig:
@@ -22,7 +27,7 @@ def _config(args: argparse.Namespace) -> PoolConfig:
                       allow_skip=args.test_hooks, rw_size=args.rw_size)
 
 
-def _print(obj: Any) -> None:
+def _print(obj: Json) -> None:
     print(json.dumps(obj, indent=None, sort_keys=True))
 
 
@@ -37,7 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def op_pool(size: int, max: int = 16, on_exhausted: str = "queue", timeout: float = 180.0,
-            rw_size: str = "256m", test_hooks: bool = False) -> dict[str, Any]:
+            rw_size: str = "256m", test_hooks: bool = False) -> JsonObject:
     """Start the daemon with a pool of `size` (or resize a running one); its status. A running
     daemon keeps its on_exhausted and test hooks: `warning` says so when they differ."""
     from tbagent.sandbox import server
@@ -61,7 +66,7 @@ def op_pool(size: int, max: int = 16, on_exhausted: str = "queue", timeout: floa
             time.sleep(0.1)
     warning = None
     with server.Client() as c:
-        status: dict[str, Any] = c.call("status")
+        status: JsonObject = c.call("status")
         if (status["on_exhausted"], status["test_hooks"]) != (cfg.on_exhausted, cfg.allow_skip):
             warning = (f"the running daemon keeps on_exhausted={status['on_exhausted']} "
                        f"test_hooks={status['test_hooks']}; stop it to change them")
@@ -80,7 +85,7 @@ def cmd_pool(args: argparse.Namespace) -> int:
     return 0
 
 
-def _call(op: str, **kw: Any) -> dict[str, Any]:
+def _call(op: str, **kw: Json) -> JsonObject:
     from tbagent.sandbox import server
 
     try:
@@ -97,8 +102,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if reply.get("ok") else 1
 
 
-def op_run(function: str, event: dict[str, Any] | None = None, env: dict[str, str] | None = None,
-           skip: list[str] | None = None, on_exhausted: str | None = None, timeout: float | None = None) -> dict[str, Any]:
+def op_run(function: str, event: JsonObject | None = None, env: dict[str, str] | None = None,
+           skip: list[str] | None = None, on_exhausted: str | None = None, timeout: float | None = None) -> JsonObject:
     """Run `function` once in a repurposed sandbox of the pool: the daemon's record."""
     return _call("run", function=function, event=event or {}, env=env or {}, skip=skip or [],
                  on_exhausted=on_exhausted, timeout=timeout)
@@ -126,7 +131,7 @@ def _lock_held() -> bool:
         os.close(fd)
 
 
-def op_stop(timeout: float = 60.0) -> dict[str, Any]:
+def op_stop(timeout: float = 60.0) -> JsonObject:
     """Destroy every sandbox of the pool and stop its daemon; TimeoutError if it does not stop."""
     from tbagent.sandbox import server
 
@@ -151,7 +156,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def op_fresh(function: str, event: dict[str, Any] | None = None, variant: str = "full", slot: int = 0) -> dict[str, Any]:
+def op_fresh(function: str, event: JsonObject | None = None, variant: str = "full", slot: int = 0) -> JsonObject:
     """The baseline: one sandbox crun makes from scratch, the function run once in it, destroyed."""
     from tbagent.functions import spec as function_spec
     from tbagent.sandbox import cgroup, layers, oci
@@ -201,7 +206,7 @@ def _pool_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-hooks", action="store_true", help="test only: let release requests skip cleanup steps")
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     sb = sub.add_parser("sandbox", help="a pool of reusable, type-agnostic sandboxes").add_subparsers(dest="sbverb", required=True)
     p = sb.add_parser("serve", help="run the pool daemon in the foreground")
     _pool_args(p)

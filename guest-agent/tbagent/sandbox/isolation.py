@@ -9,13 +9,16 @@ exactly that check to fail.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tbagent.functions import dirty
 from tbagent.sandbox.zygote import FUNCTION_MOUNTS
 
+if TYPE_CHECKING:
+    from tbproto.jsontypes import Json, JsonObject
+
 CATEGORIES = ("files", "processes", "mounts", "env", "sockets", "cgroup", "hostname", "ipc", "network")
-PROBE_EVENT: dict[str, list[Any]] = {"paths": [*dirty.LEAK_FILES, f"{dirty.LEAK_MOUNT}/inside"], "ports": [dirty.LEAK_TCP_PORT]}
+PROBE_EVENT: dict[str, list[Json]] = {"paths": [*dirty.LEAK_FILES, f"{dirty.LEAK_MOUNT}/inside"], "ports": [dirty.LEAK_TCP_PORT]}
 MEMORY_PEAK_LIMIT = dirty.LEAK_MEMORY // 2
 
 # Cleanup steps whose removal each check detects. Processes and sockets are held by processes: with
@@ -34,13 +37,15 @@ STEP_FOR = {
 }
 
 
-def extra_mounts(view: dict[str, Any]) -> list[str]:
+def extra_mounts(view: JsonObject) -> list[str]:
     """Mounts in the sandbox beyond its stage and the standard ones of one function's rootfs."""
-    extra = Counter(view["mounts"]) - Counter(view["mounts_baseline"]) - Counter(FUNCTION_MOUNTS)
+    mounts: list[str] = view["mounts"]
+    baseline: list[str] = view["mounts_baseline"]
+    extra = Counter(mounts) - Counter(baseline) - Counter(FUNCTION_MOUNTS)
     return sorted(extra.elements())
 
 
-def leaks(probe: dict[str, Any], view: dict[str, Any], hostname: str) -> dict[str, list[str]]:
+def leaks(probe: JsonObject, view: JsonObject, hostname: str) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {c: [] for c in CATEGORIES}
     out["files"] = [p for p, there in probe["files"].items() if there]
     out["processes"] = [f"{p['pid']} {p['comm']}" for p in probe["processes"] if p["pid"] not in (1, probe["self"])]

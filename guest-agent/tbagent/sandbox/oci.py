@@ -16,14 +16,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tbagent.functions import FunctionSpec
 from tbagent.sandbox import cgroup, layers, linux, net, paths, proto, zygote
 from tbagent.sandbox.cgroup import Group, Limits
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
 CRUN = "crun"
 VARIANTS = ("full", "no-ns", "no-cgroup", "no-mounts")
@@ -37,7 +41,7 @@ RUNNER = ["/usr/bin/python3", "-I", "-m", "tbagent.sandbox.runner"]
 
 
 def config(slot: int, spec: FunctionSpec, limits: Limits, variant: str = "full",
-           env: dict[str, str] | None = None) -> dict[str, Any]:
+           env: dict[str, str] | None = None) -> JsonObject:
     """config.json for the baseline container: the pool's sandbox, as an OCI bundle."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}")
@@ -48,7 +52,7 @@ def config(slot: int, spec: FunctionSpec, limits: Limits, variant: str = "full",
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "noexec", "mode=755", "size=64k"]},
         {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "nodev", "noexec"]},
     ]
-    linux_cfg: dict[str, Any] = {
+    linux_cfg: JsonObject = {
         "namespaces": [{"type": t} for t in (NAMESPACES if variant != "no-ns" else ("mount",))],
         "maskedPaths": [], "readonlyPaths": [],
     }
@@ -97,7 +101,7 @@ class OciSandbox:
         self.id = f"tboci{slot}"
         self.bundle = paths.OCI / self.id
         self.link = net.plan(slot, net.OCI_BASE, "tbo")
-        self.chan: Any = None
+        self.chan: socket.socket | None = None
         self.pid = 0
 
     def create(self, spec: FunctionSpec, lowers: list[Path], limits: Limits, start: bool = True) -> dict[str, float]:
@@ -145,7 +149,8 @@ class OciSandbox:
         t["ready_function"] = time.monotonic() - t0
         return t
 
-    def invoke(self, event: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+    def invoke(self, event: JsonObject, timeout: float = 60.0) -> JsonObject:
+        assert self.chan is not None, "invoke before create"  # create() opens the channel
         proto.send(self.chan, {"event": event})
         return proto.recv(self.chan, timeout)
 

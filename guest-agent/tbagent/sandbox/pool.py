@@ -18,12 +18,17 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tbagent.functions import spec as function_spec
 from tbagent.sandbox import cgroup, layers, net, paths
 from tbagent.sandbox.sandbox import Factory, Sandbox, cleanup_plan
 from tbagent.sandbox.zygote import START_HOOKS
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
+
+    from tbagent.functions import FunctionSpec
 
 POLICIES = ("queue", "fallback")
 
@@ -37,12 +42,12 @@ class SandboxLike(Protocol):
     slot: int
     created: dict[str, float]
 
-    def repurpose(self, spec: Any, env: dict[str, str] | None = None, start: dict[str, Any] | None = None,
-                  lowers: list[Path] | None = None) -> dict[str, Any]: ...
-    def invoke(self, event: dict[str, Any], timeout: float | None = ...) -> dict[str, Any]: ...
-    def release(self, skip: Iterable[str] = ()) -> dict[str, Any]: ...
-    def inspect(self) -> dict[str, Any]: ...
-    def describe(self) -> dict[str, Any]: ...
+    def repurpose(self, spec: FunctionSpec, env: dict[str, str] | None = None, start: JsonObject | None = None,
+                  lowers: list[Path] | None = None) -> JsonObject: ...
+    def invoke(self, event: JsonObject, timeout: float | None = ...) -> JsonObject: ...
+    def release(self, skip: Iterable[str] = ()) -> JsonObject: ...
+    def inspect(self) -> JsonObject: ...
+    def describe(self) -> JsonObject: ...
     def destroy(self) -> None: ...
 
 
@@ -69,7 +74,7 @@ class Lease:
     function: str
     fresh: bool
     waited_s: float
-    timings: dict[str, Any] = field(default_factory=dict)
+    timings: JsonObject = field(default_factory=dict)
 
 
 class Pool:
@@ -196,7 +201,7 @@ class Pool:
         return self._layers[function]
 
     def acquire(self, function: str, env: dict[str, str] | None = None, on_exhausted: str | None = None,
-                timeout: float | None = None, start: dict[str, Any] | None = None, fresh: bool = False) -> Lease:
+                timeout: float | None = None, start: JsonObject | None = None, fresh: bool = False) -> Lease:
         """A sandbox repurposed for `function`; `fresh`: one created from scratch even if some are
         idle (the baseline: a new sandbox per instance)."""
         spec = function_spec(function)
@@ -251,10 +256,10 @@ class Pool:
             except KeyError:
                 raise KeyError(f"no lease {lease_id!r}") from None
 
-    def invoke(self, lease_id: str, event: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    def invoke(self, lease_id: str, event: JsonObject, timeout: float | None = None) -> JsonObject:
         return self.lease(lease_id).sandbox.invoke(event, timeout)
 
-    def release(self, lease_id: str, skip: Iterable[str] = (), destroy: bool = False) -> dict[str, Any]:
+    def release(self, lease_id: str, skip: Iterable[str] = (), destroy: bool = False) -> JsonObject:
         skip = list(skip)
         if skip and not self.cfg.allow_skip:
             raise PermissionError("skipping cleanup steps is a test hook; start the pool with --test-hooks")
@@ -287,10 +292,10 @@ class Pool:
             report["outcome"] = "returned to pool"
         return report
 
-    def inspect(self, lease_id: str) -> dict[str, Any]:
+    def inspect(self, lease_id: str) -> JsonObject:
         return self.lease(lease_id).sandbox.inspect()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> JsonObject:
         with self._cond:
             idle = [sb.describe() for sb in self._idle]
             busy = [dict(lease.sandbox.describe(), lease=lease.id) for lease in self._leases.values()]

@@ -9,7 +9,7 @@ import socket
 
 TYPE_CHECKING = False  # importing typing costs tens of ms under TCG in the crun runner's start-up
 if TYPE_CHECKING:
-    from typing import Any
+    from tbproto.jsontypes import JsonObject
 
 MAX_MESSAGE = 4 << 20
 
@@ -25,21 +25,21 @@ def pair() -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
-def encode(msg: dict[str, Any]) -> bytes:
+def encode(msg: JsonObject) -> bytes:
     data = json.dumps(msg, separators=(",", ":")).encode()
     if len(data) > MAX_MESSAGE:
         raise ValueError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE}")
     return data
 
 
-def decode(data: bytes) -> dict[str, Any]:
+def decode(data: bytes) -> JsonObject:
     msg = json.loads(data)
     if not isinstance(msg, dict):
         raise ValueError("a message must be a JSON object")
     return msg
 
 
-def send(sock: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+def send(sock: socket.socket, msg: JsonObject, fds: list[int] | None = None) -> None:
     data = encode(msg)
     if fds:
         socket.send_fds(sock, [data], fds)
@@ -47,12 +47,12 @@ def send(sock: socket.socket, msg: dict[str, Any], fds: list[int] | None = None)
         sock.send(data)
 
 
-def recv(sock: socket.socket, timeout: float | None = None) -> dict[str, Any]:
+def recv(sock: socket.socket, timeout: float | None = None) -> JsonObject:
     msg, _ = recv_fds(sock, 0, timeout)
     return msg
 
 
-def recv_fds(sock: socket.socket, maxfds: int, timeout: float | None = None) -> tuple[dict[str, Any], list[int]]:
+def recv_fds(sock: socket.socket, maxfds: int, timeout: float | None = None) -> tuple[JsonObject, list[int]]:
     sock.settimeout(timeout)
     try:
         if maxfds:
@@ -68,7 +68,7 @@ def recv_fds(sock: socket.socket, maxfds: int, timeout: float | None = None) -> 
     return decode(data), list(fds)
 
 
-def call(sock: socket.socket, msg: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+def call(sock: socket.socket, msg: JsonObject, timeout: float | None = None) -> JsonObject:
     """Request/response with a sandbox init; raises on an error answer."""
     send(sock, msg)
     reply = recv(sock, timeout)

@@ -24,12 +24,15 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tbagent.functions import FunctionSpec
 from tbagent.lines import Closed, LinePipes
 from tbagent.sandbox import layers, net, paths, proto, zygote
 from tbagent.sandbox.cgroup import Group, Limits
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
 # kill: cgroup.kill of fn-ID (every process, sockets closed with them)   -> processes, sockets, pids
 # mounts: detach the rootfs tree with the function's own mounts          -> mounts
@@ -111,7 +114,7 @@ class Factory:
         self.group = group
         self.lock = threading.Lock()
 
-    def spawn(self, cfg: dict[str, Any]) -> tuple[socket.socket, int, float]:
+    def spawn(self, cfg: JsonObject) -> tuple[socket.socket, int, float]:
         ours, theirs = proto.pair()
         try:
             with self.lock:
@@ -200,7 +203,7 @@ class Sandbox:
 
     # --- repurpose -------------------------------------------------------------------------------
     def repurpose(self, spec: FunctionSpec, env: dict[str, str] | None = None,
-                  start: dict[str, Any] | None = None, lowers: list[Path] | None = None) -> dict[str, Any]:
+                  start: JsonObject | None = None, lowers: list[Path] | None = None) -> JsonObject:
         """Switch to `spec` and start its process; returns the phase timings (seconds).
         `start` picks a start hook of the sandbox init (zygote.START_HOOKS) instead of the spare."""
         assert self.ctl is not None
@@ -262,7 +265,7 @@ class Sandbox:
                 "process": (t2 - t1) - rootfs, "ready_sandbox": t2 - t0, "function_init": float(ready["init_s"]),
                 "ready_function": t3 - t0, "started_at": marks["started"]}
 
-    def _restored(self, spec: FunctionSpec, pid: int, fds: list[int], t0: float, t1: float) -> dict[str, Any]:
+    def _restored(self, spec: FunctionSpec, pid: int, fds: list[int], t0: float, t1: float) -> JsonObject:
         """A process restored by the "restore" hook: JSON lines over pipes (tbagent.snap.fnserver)."""
         t2 = time.monotonic()
         self.fpid, self.fpipes, self.function = pid, LinePipes(fds[0], fds[1]), spec.name
@@ -274,7 +277,7 @@ class Sandbox:
         return {"namespaces": 0.0, "network": 0.0, "cgroup": t1 - t0, "restore": t2 - t1, "ready_sandbox": t2 - t0,
                 "ready_function": t3 - t0, "function_pid": self.real_fpid}
 
-    def _pipe_call(self, req: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+    def _pipe_call(self, req: JsonObject, timeout: float | None) -> JsonObject:
         assert self.fpipes is not None
         try:
             return self.fpipes.call(req, timeout)
@@ -283,7 +286,7 @@ class Sandbox:
         except TimeoutError:
             return {"ok": False, "error": f"no answer within {timeout}s"}
 
-    def invoke(self, event: dict[str, Any], timeout: float | None = TIMEOUT) -> dict[str, Any]:
+    def invoke(self, event: JsonObject, timeout: float | None = TIMEOUT) -> JsonObject:
         if self.fpipes is not None:
             t0 = time.monotonic()
             reply = self._pipe_call({"op": "invoke", "event": event}, timeout)
@@ -303,7 +306,7 @@ class Sandbox:
         return reply
 
     # --- release ---------------------------------------------------------------------------------
-    def release(self, skip: Iterable[str] = ()) -> dict[str, Any]:
+    def release(self, skip: Iterable[str] = ()) -> JsonObject:
         """Clean up after a function. `clean` False means the sandbox must not be reused."""
         assert self.ctl is not None
         steps = cleanup_plan(skip)
@@ -358,7 +361,7 @@ class Sandbox:
                 "timings": timings, "errors": errors}
 
     # --- observation -----------------------------------------------------------------------------
-    def inspect(self) -> dict[str, Any]:
+    def inspect(self) -> JsonObject:
         assert self.ctl is not None
         view = proto.call(self.ctl, {"op": "inspect"}, TIMEOUT)
         view.pop("ok", None)
@@ -368,7 +371,7 @@ class Sandbox:
         view["netns_tcp"] = Path(f"/proc/{self.zpid}/net/tcp").read_text().splitlines()[1:]
         return view
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> JsonObject:
         def current(g: Group) -> int | None:
             return g.stats().get("memory.current") if g.exists() else None
 

@@ -18,22 +18,25 @@ import socketserver
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tbagent.sandbox import paths
-from tbagent.sandbox.pool import Exhausted, Pool, PoolConfig
+from tbagent.sandbox.pool import Exhausted, Lease, Pool, PoolConfig
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import Json, JsonObject
 
 
 class ClientError(RuntimeError):
     pass
 
 
-def _lease_reply(lease: Any) -> dict[str, Any]:
+def _lease_reply(lease: Lease) -> JsonObject:
     return {"lease": lease.id, "sandbox": lease.sandbox.id, "fresh": lease.fresh, "waited_s": lease.waited_s,
             "timings": lease.timings}
 
 
-def dispatch(pool: Pool, req: dict[str, Any], owned: set[str], stop: threading.Event) -> dict[str, Any]:
+def dispatch(pool: Pool, req: JsonObject, owned: set[str], stop: threading.Event) -> JsonObject:
     op = req.get("op")
     if op == "status":
         return pool.status()
@@ -141,13 +144,13 @@ class Client:
         self.sock.connect(str(path or paths.SOCKET))
         self.file = self.sock.makefile("rwb")
 
-    def call(self, op: str, check: bool = True, **kw: Any) -> dict[str, Any]:
+    def call(self, op: str, check: bool = True, **kw: Json) -> JsonObject:
         self.file.write(json.dumps({"op": op, **kw}).encode() + b"\n")
         self.file.flush()
         line = self.file.readline()
         if not line:
             raise ClientError("the pool daemon closed the connection")
-        reply: dict[str, Any] = json.loads(line)
+        reply: JsonObject = json.loads(line)
         if check and not reply.get("ok"):
             raise ClientError(str(reply.get("error")))
         return reply

@@ -27,10 +27,13 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from tbagent.lines import log_tail
 from tbagent.sandbox import linux, net, paths, proto, runner
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
 FUNCTION_MOUNTS = ("/root", "/root/proc", "/root/dev", "/root/sys/fs/cgroup")  # made for every function
@@ -55,7 +58,7 @@ def mountpoints() -> list[str]:
 # process on demand. The seam for TrEnv's combined path (issue part 5) is a hook here that
 # restores a template-mode snapshot into the prepared rootfs, cgroup and namespaces instead.
 
-StartHook = Callable[["Zygote", dict[str, Any]], tuple[list[int], int]]
+StartHook = Callable[["Zygote", "JsonObject"], tuple[list[int], int]]
 
 
 def mount_rootfs(overlay: str) -> None:
@@ -84,7 +87,7 @@ def _warm_up() -> None:
         pass
 
 
-def start_fork(z: Zygote, msg: dict[str, Any]) -> tuple[list[int], int]:
+def start_fork(z: Zygote, msg: JsonObject) -> tuple[list[int], int]:
     """Hook "fork": a process made now (the slow path: fork and cgroup migration included)."""
     pid, ours = z.fork_spare()
     proto.send(ours, {"overlay": msg["overlay"], "env": msg["env"], "go": time.monotonic()})
@@ -94,7 +97,7 @@ def start_fork(z: Zygote, msg: dict[str, Any]) -> tuple[list[int], int]:
 CRIU_WORK = "/tmp/.cxltb-criu"  # in the function's rootfs (its fresh upper directory)
 
 
-def start_restore(z: Zygote, msg: dict[str, Any]) -> tuple[list[int], int]:
+def start_restore(z: Zygote, msg: JsonObject) -> tuple[list[int], int]:
     """Hook "restore", TrEnv's start path: the function's process is restored from a snapshot
     (tbagent.snap) by CRIU run inside this sandbox: in its fn cgroup, its namespaces (the
     restored process is PID 1 of a PID namespace nested in this one) and the function's rootfs.
@@ -148,7 +151,7 @@ START_HOOKS: dict[str, StartHook] = {"fork": start_fork, "restore": start_restor
 
 
 class Zygote:
-    def __init__(self, ctl: socket.socket, cfg: dict[str, Any]) -> None:
+    def __init__(self, ctl: socket.socket, cfg: JsonObject) -> None:
         self.ctl = ctl
         self.hostname = str(cfg["hostname"])
         self.fn_cgroup = str(cfg["fn_cgroup"])
@@ -157,7 +160,7 @@ class Zygote:
         self.baseline: list[str] = []
         self.exits: dict[int, int] = {}
         self.net_prefix = int(cfg.get("net_prefix", 30))
-        self.net_baseline: dict[str, Any] = {}
+        self.net_baseline: JsonObject = {}
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self) -> NoReturn:
@@ -192,7 +195,7 @@ class Zygote:
                 self.exits.pop(next(iter(self.exits)))
 
     # --- setup: the stage --------------------------------------------------------------------
-    def op_setup(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    def op_setup(self, msg: JsonObject) -> tuple[JsonObject, list[int]]:
         t0 = time.monotonic()
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
         st = str(paths.STAGE)
@@ -231,13 +234,13 @@ class Zygote:
         os.mkdir(f"{at}/work")
 
     # --- starting functions ------------------------------------------------------------------
-    def op_prepare(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    def op_prepare(self, msg: JsonObject) -> tuple[JsonObject, list[int]]:
         """Fork the next function's process ahead; the pool keeps its channel."""
         t0 = time.monotonic()
         pid, ours = self.fork_spare()
         return {"pid": pid, "spare_s": time.monotonic() - t0}, [ours.detach()]
 
-    def op_start(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    def op_start(self, msg: JsonObject) -> tuple[JsonObject, list[int]]:
         fds, pid = START_HOOKS[str(msg["hook"])](self, msg)
         return {"pid": pid}, fds
 
@@ -304,7 +307,7 @@ class Zygote:
         marks["chroot"] = time.monotonic()
 
     # --- cleanup steps inside the sandbox ---------------------------------------------------
-    def op_reset(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    def op_reset(self, msg: JsonObject) -> tuple[JsonObject, list[int]]:
         self._reap(0, None)
         steps = set(msg.get("steps", RESET_STEPS))
         timings: dict[str, float] = {}
@@ -345,7 +348,7 @@ class Zygote:
         linux.unshare(linux.CLONE_NEWIPC)
 
     @staticmethod
-    def _net_state() -> dict[str, Any]:
+    def _net_state() -> JsonObject:
         with open("/proc/net/route") as fh:
             routes = fh.read()
         return {"lo": net.is_up("lo"), "up": net.is_up(net.PEER_IF), "addr": net.get_addr(net.PEER_IF),
@@ -371,7 +374,7 @@ class Zygote:
             raise OSError("network state changed: " + ", ".join(k for k in want if now[k] != want[k]))
 
     # --- observation --------------------------------------------------------------------------
-    def op_inspect(self, msg: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    def op_inspect(self, msg: JsonObject) -> tuple[JsonObject, list[int]]:
         procs = []
         for d in os.listdir("/proc"):
             if d.isdigit():
@@ -387,7 +390,7 @@ class Zygote:
 
 # --- the factory --------------------------------------------------------------------------
 
-def spawn(ctl_fd: int, cfg: dict[str, Any]) -> NoReturn:
+def spawn(ctl_fd: int, cfg: JsonObject) -> NoReturn:
     """In the factory's child: join the sandbox init's cgroup, new namespaces, fork PID 1."""
     fd = os.open(str(paths.CGROUP_ROOT / paths.CGROUP_TREE / str(cfg["z_cgroup"]) / "cgroup.procs"), os.O_WRONLY)
     os.write(fd, b"0")

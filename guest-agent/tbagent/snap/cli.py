@@ -5,15 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tbproto.ops import Mode
 
 from tbagent.errors import command
 from tbagent.snap import runs, snapshot
 
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
-def _json_arg(text: str) -> dict[str, Any]:
+    from tbagent.commands import Subcommands
+
+
+def _json_arg(text: str) -> JsonObject:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -35,25 +40,25 @@ def _print(obj: object) -> None:
     sys.stdout.flush()
 
 
-def op_take(name: str, function: str, mhd: str = "mhd0", warm: dict[str, Any] | None = None,
-            env: dict[str, str] | None = None) -> dict[str, Any]:
+def op_take(name: str, function: str, mhd: str = "mhd0", warm: JsonObject | None = None,
+            env: dict[str, str] | None = None) -> JsonObject:
     return snapshot.take(name, function, mhd, warm, env)
 
 
-def op_prepare(name: str, mhd: str = "mhd0", full: bool = False) -> dict[str, Any]:
+def op_prepare(name: str, mhd: str = "mhd0", full: bool = False) -> JsonObject:
     local = snapshot.prepare(name, mhd, full)
     return {"name": name, "dir": str(local.dir), "mmt": local.mmt_name, "function": local.function,
             "areas": len(local.layout["areas"]), "full": (local.full / ".complete").exists()}
 
 
-def op_run(name: str, mode: str, count: int = 1, event: dict[str, Any] | None = None, requests: int = 1,
+def op_run(name: str, mode: str, count: int = 1, event: JsonObject | None = None, requests: int = 1,
            populate: bool = False, mhd: str = "mhd0", replay_warm: bool = False,
-           sandbox: str | None = None) -> list[dict[str, Any]]:
+           sandbox: str | None = None) -> list[JsonObject]:
     return list(runs.run(name, Mode(mode), count, event, requests, populate, mhd, replay_warm, sandbox))
 
 
-def op_dedup(name: str, mode: str, count: int = 1, event: dict[str, Any] | None = None,
-             mhd: str = "mhd0") -> dict[str, Any]:
+def op_dedup(name: str, mode: str, count: int = 1, event: JsonObject | None = None,
+             mhd: str = "mhd0") -> JsonObject:
     return runs.dedup(name, Mode(mode), count, event, mhd)
 
 
@@ -74,7 +79,7 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     p = sub.add_parser("snap", help="function snapshots in the CXL store and their restore modes")
     s = p.add_subparsers(dest="snap", required=True)
     take = s.add_parser("take", help="start a function, warm it, checkpoint it, publish it as a template")

@@ -11,11 +11,15 @@ from __future__ import annotations
 import importlib
 import mmap
 import os
+import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tbagent.snap.mmt import Area
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
 PAGE = 4096
 PE_PARENT = 1
@@ -30,17 +34,17 @@ PROT_EXEC = 0x4
 PROT_RW = 0x3
 
 
-def _pycriu() -> Any:
+def _pycriu() -> types.ModuleType:
     return importlib.import_module("pycriu.images")
 
 
-def load(path: Path) -> dict[str, Any]:
+def load(path: Path) -> JsonObject:
     with open(path, "rb") as fh:
-        img: dict[str, Any] = _pycriu().load(fh, pretty=False)
+        img: JsonObject = _pycriu().load(fh, pretty=False)
     return img
 
 
-def save(img: dict[str, Any], path: Path) -> None:
+def save(img: JsonObject, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as fh:
         _pycriu().dump(img, fh)
@@ -78,17 +82,17 @@ def runs(imgdir: Path, pid: int) -> tuple[int, list[Run]]:
     return int(pm[0]["pages_id"]), out
 
 
-def vmas(imgdir: Path, pid: int) -> list[dict[str, Any]]:
+def vmas(imgdir: Path, pid: int) -> list[JsonObject]:
     return list(load(imgdir / f"mm-{pid}.img")["entries"][0]["vmas"])
 
 
-def eligible(vma: dict[str, Any]) -> bool:
+def eligible(vma: JsonObject) -> bool:
     status, flags, prot = int(vma["status"]), int(vma["flags"]), int(vma["prot"])
     return (bool(status & VMA_AREA_REGULAR) and not status & VMA_SPECIAL and not flags & (MAP_SHARED | MAP_GROWSDOWN)
             and not prot & PROT_EXEC and bool(prot & 1))
 
 
-def split(page_runs: list[Run], vma_list: list[dict[str, Any]]) -> tuple[list[tuple[Run, int]], list[Run]]:
+def split(page_runs: list[Run], vma_list: list[JsonObject]) -> tuple[list[tuple[Run, int]], list[Run]]:
     """Cut runs at VMA boundaries; return ([(piece, prot)] that go to the template, [rest])."""
     bounds = sorted((int(v["start"]), int(v["end"]), v) for v in vma_list)
     tmpl: list[tuple[Run, int]] = []
@@ -203,7 +207,7 @@ def link_other_images(src: Path, dst: Path, pid: int, pages_id: int) -> None:
 
 def write_memory(out: Path, pid: int, pages_id: int, pieces: list[tuple[int, int, int, bytes | memoryview]]) -> None:
     """pagemap-PID.img and pages-ID.img in `out` from (addr, len, pagemap flags, data) pieces."""
-    entries: list[dict[str, Any]] = [{"pages_id": pages_id}]
+    entries: list[JsonObject] = [{"pages_id": pages_id}]
     tmp = out / f"pages-{pages_id}.img.tmp"
     with open(tmp, "wb") as fh:
         for addr, length, flags, data in sorted(pieces, key=lambda x: x[0]):

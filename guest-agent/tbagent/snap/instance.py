@@ -22,12 +22,15 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tbproto.ops import Mode  # the restore modes are part of the protocol (snap.run's mode)
 
 from tbagent.functions import spec
 from tbagent.lines import Closed, LinePipes, log_tail
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
 RUN_DIR = Path(os.environ.get("CXLTB_SNAP_RUN", "/run/tbagent/instances"))
 PLUGIN_DIR = "/usr/lib/cxltb/criu"
@@ -53,7 +56,7 @@ class Instance:
     lazy: subprocess.Popen[bytes] | None = None
     marks: dict[str, float] = field(default_factory=dict)
 
-    def readline(self, timeout: float) -> dict[str, Any]:
+    def readline(self, timeout: float) -> JsonObject:
         try:
             return self.chan.recv(timeout)
         except TimeoutError:
@@ -61,14 +64,14 @@ class Instance:
         except Closed:
             raise InstanceError(f"{self.mode} instance {self.pid} exited{self._log_tail()}") from None
 
-    def request(self, req: dict[str, Any], timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+    def request(self, req: JsonObject, timeout: float = READY_TIMEOUT) -> JsonObject:
         try:
             self.chan.send(req)
         except Closed:
             raise InstanceError(f"{self.mode} instance {self.pid} exited{self._log_tail()}") from None
         return self.readline(timeout)
 
-    def invoke(self, event: dict[str, Any], timeout: float = READY_TIMEOUT) -> tuple[dict[str, Any], float]:
+    def invoke(self, event: JsonObject, timeout: float = READY_TIMEOUT) -> tuple[JsonObject, float]:
         t0 = time.monotonic()
         reply = self.request({"op": "invoke", "event": event}, timeout)
         return reply, time.monotonic() - t0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tbproto.ops import Mode, Placement
 
@@ -14,6 +14,9 @@ from tbagent.snap import metrics, mmt
 from tbagent.snap.instance import Instance, InstanceError, start_cold, start_restore
 from tbagent.snap.sandboxed import SandboxedInstance, start_in_sandbox
 from tbagent.snap.snapshot import Local, prepare
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
 
 def cxl_range(mhd: str) -> tuple[int, int] | None:
@@ -37,9 +40,9 @@ def _ms(s: float) -> float:
     return round(s * 1000, 3)
 
 
-def run(snapshot: str, mode: Mode, count: int = 1, event: dict[str, Any] | None = None, requests: int = 1,
+def run(snapshot: str, mode: Mode, count: int = 1, event: JsonObject | None = None, requests: int = 1,
         populate: bool = False, mhd: str = "mhd0", replay_warm: bool = False,
-        sandbox: str | None = None) -> Iterator[dict[str, Any]]:
+        sandbox: str | None = None) -> Iterator[JsonObject]:
     """Start `count` instances one after the other and keep them all alive; yield one record per
     instance (after its first `requests` requests), then a summary with every instance alive.
     `replay_warm`: a cold instance first answers the snapshot's warm-up request (not measured), so
@@ -66,7 +69,7 @@ def run(snapshot: str, mode: Mode, count: int = 1, event: dict[str, Any] | None 
                 r, t = inst.invoke(event)
                 lat.append(t)
                 reply = r if not r.get("ok") else reply
-            rec: dict[str, Any] = {
+            rec: JsonObject = {
                 "snapshot": snapshot, "function": local.function, "mode": str(mode), "instance": i,
                 "ok": bool(reply.get("ok")), "result": reply.get("result"), "error": reply.get("error"),
                 "startup_ms": _ms(startup), "first_request_ms": _ms(first), "e2e_ms": _ms(startup + first),
@@ -83,7 +86,7 @@ def run(snapshot: str, mode: Mode, count: int = 1, event: dict[str, Any] | None 
         alive = [metrics.instance_memory(x.pid, rng) for x in live]
         pss_cxl = metrics.pss_cxl_kib([metrics.cxl_frames(x.pid, rng) for x in live])
         node1 = metrics.node_memory()
-        summary: dict[str, Any] = {
+        summary: JsonObject = {
             "summary": True, "snapshot": snapshot, "function": local.function, "mode": str(mode), "instances": count,
             "sandbox": sandbox,
             "node_before": node0, "node_after": node1,
@@ -100,8 +103,8 @@ def run(snapshot: str, mode: Mode, count: int = 1, event: dict[str, Any] | None 
         yield summary
 
 
-def dedup(snapshot: str, mode: Mode, count: int, event: dict[str, Any] | None = None,
-          mhd: str = "mhd0") -> dict[str, Any]:
+def dedup(snapshot: str, mode: Mode, count: int, event: JsonObject | None = None,
+          mhd: str = "mhd0") -> JsonObject:
     """Identical pages: `count` instances alive in `mode`, each after one request; their private
     pages counted by physical frame (a frame shared by the kernel counts once), and the local ones
     by content. `hashes` (one per local frame) lets pages on several nodes be counted together."""
@@ -129,7 +132,7 @@ def dedup(snapshot: str, mode: Mode, count: int, event: dict[str, Any] | None = 
             "pages": len(pages) + len(cxl), "hashes": digests}
 
 
-def frames(snapshot: str, mhd: str = "mhd0") -> dict[str, Any]:
+def frames(snapshot: str, mhd: str = "mhd0") -> JsonObject:
     """Restore one template instance (populated) and say which CXL pages back its template areas,
     as offsets into the device: equal on every node if the nodes share the pages."""
     local = prepare(snapshot, mhd)

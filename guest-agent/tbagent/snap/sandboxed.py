@@ -7,13 +7,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tbproto.ops import Mode, Placement  # Placement: snap.run's sandbox, pool (repurposed) or fresh (made for it)
 
 from tbagent.sandbox import paths as sbx_paths
 from tbagent.sandbox import server
 from tbagent.snap.instance import PLUGIN_DIR, InstanceError
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
 
 def stage_path(imgdir: Path) -> str:
@@ -29,9 +32,9 @@ class SandboxedInstance:
     lease: str
     pid: int
     marks: dict[str, float] = field(default_factory=dict)
-    timings: dict[str, Any] = field(default_factory=dict)
+    timings: JsonObject = field(default_factory=dict)
 
-    def invoke(self, event: dict[str, Any], timeout: float = 300.0) -> tuple[dict[str, Any], float]:
+    def invoke(self, event: JsonObject, timeout: float = 300.0) -> tuple[JsonObject, float]:
         t0 = time.monotonic()
         reply = self.client.call("invoke", lease=self.lease, event=event, timeout=timeout)["reply"]
         return dict(reply), time.monotonic() - t0

@@ -22,7 +22,7 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tbagent import boundedjson
 from tbagent.dax import device_path
@@ -31,6 +31,9 @@ from tbagent.snap import images, mmt
 from tbagent.snap.instance import Instance, start_cold
 from tbagent.store import cli as store_cli
 from tbagent.store.core import Record, StoreError
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
 # In the sandbox layer store, which every sandbox sees read-only at /store: restores into
 # sandboxes read the image sets from there.
@@ -45,7 +48,7 @@ class Local:
 
     name: str
     dir: Path
-    layout: dict[str, Any]
+    layout: JsonObject
     mmt_name: str
     mem_off: int   # where the template's pages start in the device
 
@@ -148,8 +151,8 @@ def _stripped_from(full: Path, out: Path, plan: images.Plan) -> None:
                             [(r.addr, r.len, r.flags, pages.view[r.src : r.src + r.len]) for r in plan.rest])
 
 
-def take(name: str, function: str, mhd: str = "mhd0", warm: dict[str, Any] | None = None,
-         env: dict[str, str] | None = None) -> dict[str, Any]:
+def take(name: str, function: str, mhd: str = "mhd0", warm: JsonObject | None = None,
+         env: dict[str, str] | None = None) -> JsonObject:
     """Start `function` cold, warm it (initialisation + a first request), checkpoint it with CRIU
     and publish it as a template in the store of `mhd`."""
     check_name(name)
@@ -204,7 +207,7 @@ def take(name: str, function: str, mhd: str = "mhd0", warm: dict[str, Any] | Non
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_local(d: Path, rec: Record, layout: dict[str, Any]) -> None:
+def _write_local(d: Path, rec: Record, layout: JsonObject) -> None:
     """The files that make a node's copy complete (written before it is renamed into place):
     the plugin's request in the stripped image set, and the layout (its presence = unpacked)."""
     conf = f"template {mmt_name(rec)}\n" if layout["areas"] else "# no template areas\n"
@@ -212,7 +215,7 @@ def _write_local(d: Path, rec: Record, layout: dict[str, Any]) -> None:
     (d / "layout.json").write_text(json.dumps(layout))
 
 
-def _register(rec: Record, d: Path, layout: dict[str, Any]) -> Local:
+def _register(rec: Record, d: Path, layout: JsonObject) -> Local:
     """Register the mm-template on this node unless it is (kernel state: gone after a reboot)."""
     base = rec.extents[MEMORY]["off"]
     areas = [mmt.Area(a["addr"], a["len"], a["off"], a["prot"]).at(base) for a in layout["areas"]]
@@ -258,7 +261,7 @@ def _check_area(a: object, memory_len: int) -> None:
         raise ValueError(f"area at off={a['off']:#x} len={a['len']:#x} lies outside the {memory_len:#x}-byte memory extent")
 
 
-def _check_layout(layout: object, memory_len: int) -> dict[str, Any]:
+def _check_layout(layout: object, memory_len: int) -> JsonObject:
     """The fields prepare, register and the restore modes read, with the types they assume."""
     if not isinstance(layout, dict):
         raise ValueError(f"the layout is a JSON {type(layout).__name__}, not an object")
@@ -280,7 +283,7 @@ def _check_layout(layout: object, memory_len: int) -> dict[str, Any]:
     return layout
 
 
-def _layout(rec: Record, text: bytes | str, memory_len: int) -> dict[str, Any]:
+def _layout(rec: Record, text: bytes | str, memory_len: int) -> JsonObject:
     """Decode and check a snapshot's layout; a bad one is a StoreError (exit 2), not a traceback."""
     try:
         return _check_layout(boundedjson.loads(text, MAX_LAYOUT_BYTES, MAX_LAYOUT_DEPTH), memory_len)

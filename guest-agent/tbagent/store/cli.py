@@ -6,12 +6,17 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tbagent import info
 from tbagent.dax import device_path
 from tbagent.errors import command
 from tbagent.store.core import Store, StoreError
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import Json, JsonObject
+
+    from tbagent.commands import Subcommands
 
 
 def head_of(mhd: str) -> tuple[int, int]:
@@ -27,14 +32,14 @@ def open_store(mhd: str, head: int | None = None) -> Store:
     return Store(device_path(mhd), h)
 
 
-def op_format(mhd: str, slots: int = 256, heads: int | None = None, head: int | None = None) -> dict[str, Any]:
+def op_format(mhd: str, slots: int = 256, heads: int | None = None, head: int | None = None) -> JsonObject:
     my_head, nheads = head_of(mhd) if head is None or heads is None else (head, heads)
     with Store.format(device_path(mhd), my_head, nheads, slots) as st:
         sb = st.sb
         return {"heads": sb.nheads, "slots": sb.slots, "section_size": sb.section_size, "data_off": sb.data_off}
 
 
-def out_names(files: Any, count: int) -> list[str]:
+def out_names(files: Json, count: int) -> list[str]:
     """The names `get --out` gives a record's extents: its meta's plain file names (another
     head wrote them, so nothing that could leave the output directory), then extentN."""
     if not isinstance(files, list):
@@ -45,7 +50,7 @@ def out_names(files: Any, count: int) -> list[str]:
     return names
 
 
-def _plain_name(name: Any) -> str:
+def _plain_name(name: object) -> str:
     if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name or len(name.encode()) > 255:
         raise StoreError(f"refusing output file name {name!r:.80}: a plain file name is expected")
     return name
@@ -65,7 +70,7 @@ def _write_into(dirfd: int, name: str, data: bytes) -> None:
         raise
 
 
-def op_put(mhd: str, name: str, files: list[str], meta: dict[str, Any] | None = None) -> dict[str, Any]:
+def op_put(mhd: str, name: str, files: list[str], meta: JsonObject | None = None) -> JsonObject:
     if meta is not None and not isinstance(meta, dict):
         raise StoreError("--meta must be a JSON object")
     meta = {"files": [Path(f).name for f in files], **(meta or {})}
@@ -76,13 +81,13 @@ def op_put(mhd: str, name: str, files: list[str], meta: dict[str, Any] | None = 
         return {"name": rec.name, "head": rec.head, "seq": rec.seq, "extents": rec.extents}
 
 
-def op_list(mhd: str) -> list[dict[str, Any]]:
+def op_list(mhd: str) -> list[JsonObject]:
     with open_store(mhd) as st:
         return [{"name": r.name, "head": r.head, "seq": r.seq, "bytes": sum(e["len"] for e in r.extents),
                  "extents": r.extents, "meta": r.payload.get("meta", {})} for r in st.templates()]
 
 
-def op_get(mhd: str, name: str, out: str | None = None) -> dict[str, Any]:
+def op_get(mhd: str, name: str, out: str | None = None) -> JsonObject:
     with open_store(mhd) as st:
         rec = st.find(name)
         names = out_names(rec.payload["meta"].get("files", []), len(rec.extents)) if out else []
@@ -102,23 +107,23 @@ def op_get(mhd: str, name: str, out: str | None = None) -> dict[str, Any]:
             "crc_ok": True, "bytes": sum(len(d) for d in datas)}
 
 
-def op_delete(mhd: str, name: str) -> dict[str, Any]:
+def op_delete(mhd: str, name: str) -> JsonObject:
     with open_store(mhd) as st:
         rec = st.delete(name)
         return {"deleted": name, "record_seq": rec.seq}
 
 
-def op_check(mhd: str) -> dict[str, Any]:
+def op_check(mhd: str) -> JsonObject:
     with open_store(mhd) as st:
         return st.check()
 
 
-def op_gc(mhd: str) -> dict[str, Any]:
+def op_gc(mhd: str) -> JsonObject:
     with open_store(mhd) as st:
         return st.gc()
 
 
-def _print(obj: Any) -> None:
+def _print(obj: Json) -> None:
     print(json.dumps(obj, indent=None, separators=(",", ":")))
 
 
@@ -143,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any) -> None:
+def register(sub: Subcommands) -> None:
     st = sub.add_parser("store", help="the template store in an MHD's shared CXL memory")
     ops = st.add_subparsers(dest="op", required=True)
     f = ops.add_parser("format", help="create an empty store (one node does this once)")

@@ -11,7 +11,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tbagent.store import cachectl, schema
 from tbagent.store.layout import (
@@ -32,6 +32,9 @@ from tbagent.store.layout import (
     record_crc,
 )
 
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
+
 Blob = bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview]
 LOCK_DIR = Path(os.environ.get("CXLTB_LOCK_DIR", "/run/cxltb"))
 
@@ -50,7 +53,7 @@ class Record:
     slot: int
     seq: int
     kind: Kind
-    payload: dict[str, Any]
+    payload: JsonObject
 
     @property
     def name(self) -> str:
@@ -64,7 +67,7 @@ class Record:
 @dataclass
 class Scan:
     records: list[Record] = field(default_factory=list)
-    problems: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[JsonObject] = field(default_factory=list)
     # The highest sequence number in each head's slots whatever their state (a reclaimed
     # record keeps its header): with the stored mark, what a head must never issue again.
     seqs: dict[int, int] = field(default_factory=dict)
@@ -238,7 +241,7 @@ class Store:
             used = sorted([*used, (placed, placed + need)])
         return offsets
 
-    def _append(self, scan: Scan, kind: Kind, payload: dict[str, Any]) -> Record:
+    def _append(self, scan: Scan, kind: Kind, payload: JsonObject) -> Record:
         body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
         if len(body) > SLOT - REC.size:
             raise StoreError(f"record payload of {len(body)} bytes exceeds {SLOT - REC.size}")
@@ -278,7 +281,7 @@ class Store:
         self._write(self.sb.hwm_offset(self.head), HWM.pack(seq, hwm_crc(self.sb.uuid, self.head, seq)))
         return seq
 
-    def publish(self, name: str, blobs: Sequence[Blob], meta: dict[str, Any] | None = None) -> Record:
+    def publish(self, name: str, blobs: Sequence[Blob], meta: JsonObject | None = None) -> Record:
         """Publish a template of several blobs; a blob is bytes or a sequence of chunks (written
         one after the other, so a large snapshot is never copied into one buffer)."""
         try:
@@ -342,7 +345,7 @@ class Store:
                     abandoned += 1
             return {"reclaimed_records": reclaimed, "freed_bytes": freed, "abandoned_slots": abandoned}
 
-    def check(self) -> dict[str, Any]:
+    def check(self) -> JsonObject:
         scan = self.scan()
         live, _ = self._live(scan)
         problems = list(scan.problems)

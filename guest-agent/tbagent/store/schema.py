@@ -4,10 +4,13 @@ when a record is read, and a record that fails is reported and skipped by every 
 
 from __future__ import annotations
 
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, TypeGuard
 
 from tbagent import boundedjson
 from tbagent.store.layout import EXTENT_ALIGN, MAX_PAYLOAD, MAX_SEQ, Kind
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import Json, JsonObject
 
 MAX_DEPTH = 16  # a template's meta is a flat object in every writer we have; this leaves room
 MAX_NAME = 255
@@ -22,18 +25,18 @@ class RecordError(ValueError):
         self.status = status
 
 
-def _int(value: Any) -> TypeGuard[int]:
+def _int(value: object) -> TypeGuard[int]:
     # bool is an int to Python, but true is not an offset
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_name(name: Any) -> str:
+def check_name(name: object) -> str:
     if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME or not name.isprintable():
         raise RecordError("invalid", f"template name {name!r:.80} is not 1 to {MAX_NAME} printable characters")
     return name
 
 
-def extent(e: Any, area: tuple[int, int]) -> dict[str, int]:
+def extent(e: Json, area: tuple[int, int]) -> dict[str, int]:
     """An extent {off, len, crc} lying inside `area` [start, end), page aligned."""
     if not isinstance(e, dict) or not all(_int(e.get(k)) for k in EXTENT_KEYS):
         raise RecordError("invalid", f"extent {e!r:.120} is not an object of integers {', '.join(EXTENT_KEYS)}")
@@ -44,7 +47,7 @@ def extent(e: Any, area: tuple[int, int]) -> dict[str, int]:
     return {"off": off, "len": length, "crc": crc}
 
 
-def decode(kind: Kind, payload: bytes, section: tuple[int, int], nheads: int) -> dict[str, Any]:
+def decode(kind: Kind, payload: bytes, section: tuple[int, int], nheads: int) -> JsonObject:
     """The payload of a record of `kind` written by a head whose data section is `section`."""
     try:
         data = boundedjson.loads(payload, MAX_PAYLOAD, MAX_DEPTH)
@@ -58,7 +61,7 @@ def decode(kind: Kind, payload: bytes, section: tuple[int, int], nheads: int) ->
     return _delete(data, nheads)
 
 
-def _template(data: dict[str, Any], section: tuple[int, int]) -> dict[str, Any]:
+def _template(data: JsonObject, section: tuple[int, int]) -> JsonObject:
     extents, meta = data.get("extents"), data.get("meta", {})
     if not isinstance(extents, list):
         raise RecordError("invalid", "a template record has no list of extents")
@@ -67,7 +70,7 @@ def _template(data: dict[str, Any], section: tuple[int, int]) -> dict[str, Any]:
     return {**data, "extents": [extent(e, section) for e in extents], "meta": meta}
 
 
-def _delete(data: dict[str, Any], nheads: int) -> dict[str, Any]:
+def _delete(data: JsonObject, nheads: int) -> JsonObject:
     head, seq = data.get("head"), data.get("seq")
     if not (_int(head) and _int(seq) and 0 <= head < nheads and 1 <= seq <= MAX_SEQ):
         raise RecordError("invalid", f"a delete record names head {head!r:.40}, seq {seq!r:.40}: out of range")

@@ -10,12 +10,10 @@ What a kind is and what every kind shares: kinds.base.
 
 from __future__ import annotations
 
-from typing import Any
-
 from testbed.scenario.kinds.agent import AgentKind
-from testbed.scenario.kinds.base import Kind
+from testbed.scenario.kinds.base import AnyKind
 from testbed.scenario.kinds.exec import ExecKind
 from testbed.scenario.kinds.restore import RestoreKind
 from testbed.scenario.kinds.sandbox import SandboxKind
 
-KINDS: dict[str, Kind[Any, Any]] = {k.name: k for k in (ExecKind(), AgentKind(), RestoreKind(), SandboxKind())}
+KINDS: dict[str, AnyKind] = {k.name: k for k in (ExecKind(), AgentKind(), RestoreKind(), SandboxKind())}

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
 
-from testbed.config.yamlfile import Document, KeyPath, from_mapping, string_keys
+from tbproto.jsontypes import Json
+
+from testbed.config.yamlfile import Document, KeyPath, Yaml, from_mapping, string_keys
 from testbed.scenario.kinds.base import (
     Agent,
     Kind,
@@ -25,7 +26,7 @@ from testbed.scenario.kinds.base import (
 @dataclass(frozen=True)
 class AgentSpec:
     op: str
-    args: Any = None  # a mapping of the op's arguments: JSON, sent as it is (after substitution)
+    args: Json = None  # a mapping of the op's arguments: JSON, sent as it is (after substitution)
 
 
 class AgentKind(Kind[AgentSpec, Agent]):
@@ -34,7 +35,7 @@ class AgentKind(Kind[AgentSpec, Agent]):
     name = "agent"
     spec_type = AgentSpec
 
-    def parse(self, doc: Document, kp: KeyPath, raw: dict[str, Any]) -> AgentSpec:
+    def parse(self, doc: Document, kp: KeyPath, raw: dict[str, Yaml]) -> AgentSpec:
         spec: AgentSpec = from_mapping(doc, AgentSpec, raw, kp)
         if spec.args is not None and not isinstance(spec.args, dict):
             raise doc.error((*kp, "args"), f"expected a mapping of the op's arguments, got {type(spec.args).__name__}")

@@ -27,9 +27,11 @@ from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, NoReturn, TypeVar, cast
 
+from tbproto.jsontypes import Json, JsonObject
+
 from testbed.access.agent import AgentError, Exchange, Exchanger
 from testbed.access.node import Node, Result
-from testbed.config.yamlfile import Document, KeyPath, from_mapping
+from testbed.config.yamlfile import Document, KeyPath, Yaml, from_mapping
 from testbed.errors import NodeError, NodeTimeout
 
 PLACEHOLDER_RE = re.compile(r"\$(?:\$|\{([^}]*)\})")
@@ -70,7 +72,7 @@ class Outcome:
     remote_ms: float  # wall time of the remote call seen from the host: the invocation's latency
     function_ms: float | None = None  # time measured on the node around the function itself
     exit_code: int | None = None
-    result: dict[str, Any] | None = None  # the JSON object the function or the agent answered
+    result: JsonObject | None = None  # the JSON object the function or the agent answered
     error: str | None = None
     output: str | None = None  # tail of the output when it failed
     guest_ms: float | None = None  # the agent's own time for the whole op, when its reply carries it
@@ -90,7 +92,7 @@ def substitute(text: str, values: Mapping[str, object]) -> str:
     return PLACEHOLDER_RE.sub(one, text)
 
 
-def substitute_value(value: object, values: Mapping[str, object]) -> Any:  # JSON-like data in and out
+def substitute_value(value: Json, values: Mapping[str, object]) -> Json:  # JSON-like data in and out
     """Substitute inside JSON-like data; a string that is exactly ${name} takes the value's type."""
     if isinstance(value, str):
         m = PLACEHOLDER_RE.fullmatch(value)
@@ -118,7 +120,7 @@ def template_strings(value: object, kp: KeyPath) -> Iterator[tuple[KeyPath, str]
 
 # --- output ---------------------------------------------------------------------------------
 
-def parse_result(stdout: str) -> dict[str, Any] | None:
+def parse_result(stdout: str) -> JsonObject | None:
     """The JSON object on stdout's last non-empty line, if there is one."""
     lines = [ln for ln in stdout.strip().splitlines() if ln.strip()]
     if not lines or not lines[-1].lstrip().startswith("{"):
@@ -233,7 +235,7 @@ class Kind(ABC, Generic[SpecT, SessionT]):
     name: ClassVar[str]
     spec_type: ClassVar[type[Any]]  # SpecT (a ClassVar cannot name a type variable)
 
-    def parse(self, doc: Document, kp: KeyPath, raw: dict[str, Any]) -> SpecT:
+    def parse(self, doc: Document, kp: KeyPath, raw: dict[str, Yaml]) -> SpecT:
         spec: SpecT = from_mapping(doc, self.spec_type, raw, kp)
         return spec
 
@@ -258,3 +260,8 @@ class Kind(ABC, Generic[SpecT, SessionT]):
 
     @abstractmethod
     def invoke(self, session: SessionT, spec: SpecT, values: Mapping[str, object], timeout: float) -> Outcome: ...
+
+
+# The registry holds kinds of different spec and session types; the spec a kind parsed and the
+# session it opened go back to that same kind, so the executor need not know their types.
+AnyKind = Kind[Any, Any]

@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 from testbed.access.node import Node
-from testbed.config.yamlfile import Document, KeyPath, from_mapping
+from testbed.config.yamlfile import Document, KeyPath, Yaml, from_mapping
 from testbed.scenario.kinds.base import Kind, Outcome, parse_result, run_argv, substitute, tail, template_strings
 
 
@@ -32,7 +31,7 @@ class ExecKind(Kind[ExecSpec, Node]):
     name = "exec"
     spec_type = ExecSpec
 
-    def parse(self, doc: Document, kp: KeyPath, raw: dict[str, Any]) -> ExecSpec:
+    def parse(self, doc: Document, kp: KeyPath, raw: dict[str, Yaml]) -> ExecSpec:
         spec: ExecSpec = from_mapping(doc, ExecSpec, raw, kp)
         if not spec.argv:
             raise doc.error((*kp, "argv"), "needs at least the program to run")

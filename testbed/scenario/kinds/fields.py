@@ -9,14 +9,14 @@ import statistics
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from tbproto import catalog
 from tbproto.codec import decode_as, encode
+from tbproto.jsontypes import Json, JsonObject
 from tbproto.ops import OPS, Mode, Placement, Policy
 
 from testbed.access.agent import AgentError, Exchanger
-from testbed.config.yamlfile import Document, KeyPath, string_keys
+from testbed.config.yamlfile import Document, KeyPath, Yaml, string_keys
 from testbed.scenario.kinds.base import node_failure, placeholders, substitute_value
 
 MODES = tuple(m.value for m in Mode)
@@ -32,7 +32,7 @@ def known_functions() -> tuple[str, ...]:
     return catalog.names()
 
 
-def number(v: Any) -> bool:
+def number(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
@@ -42,7 +42,7 @@ def median(values: list[float]) -> float | None:
 
 # --- validation shared by parse (literal values) and check (values of the placeholders) --------
 
-def problem(what: str, value: Any) -> str | None:
+def problem(what: str, value: object) -> str | None:
     """Why `value` cannot be the `what` of a spec, or None."""
     if what == "snapshot":
         if not isinstance(value, str) or not SNAPSHOT_RE.match(value):
@@ -64,7 +64,7 @@ def problem(what: str, value: Any) -> str | None:
     return None
 
 
-def as_int(value: Any) -> int | None:
+def as_int(value: object) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -76,7 +76,7 @@ def as_int(value: Any) -> int | None:
     return None
 
 
-def resolve(text: Any, values: Mapping[str, object]) -> Any:
+def resolve(text: Json, values: Mapping[str, object]) -> Json:
     """The value of a template if every placeholder in it is known, else None (not checkable)."""
     if not isinstance(text, str):
         return text
@@ -85,7 +85,7 @@ def resolve(text: Any, values: Mapping[str, object]) -> Any:
     return substitute_value(text, values)
 
 
-def check_fields(spec: Any, values: Mapping[str, object], fields: tuple[str, ...]) -> Iterator[tuple[KeyPath, str]]:
+def check_fields(spec: object, values: Mapping[str, object], fields: tuple[str, ...]) -> Iterator[tuple[KeyPath, str]]:
     for what in fields:
         raw = getattr(spec, what)
         if raw is None or (isinstance(raw, str) and not placeholders(raw)):
@@ -97,7 +97,7 @@ def check_fields(spec: Any, values: Mapping[str, object], fields: tuple[str, ...
             yield (what,), f"{found} (from {raw})"
 
 
-def parse_common(doc: Document, kp: KeyPath, raw: dict[str, Any], action: str,
+def parse_common(doc: Document, kp: KeyPath, raw: dict[str, Yaml], action: str,
                   keys: dict[str, tuple[tuple[str, ...], tuple[str, ...]]], always: tuple[str, ...]) -> None:
     """Keys an action does not read are errors; keys it needs must be there."""
     required, optional = keys[action]
@@ -110,7 +110,7 @@ def parse_common(doc: Document, kp: KeyPath, raw: dict[str, Any], action: str,
             raise doc.error(kp, f"action {action} needs '{key}'")
 
 
-def check_literals(doc: Document, kp: KeyPath, spec: Any, fields: tuple[str, ...]) -> None:
+def check_literals(doc: Document, kp: KeyPath, spec: object, fields: tuple[str, ...]) -> None:
     for what in fields:
         value = getattr(spec, what)
         if value is None:
@@ -127,7 +127,7 @@ def check_literals(doc: Document, kp: KeyPath, spec: Any, fields: tuple[str, ...
             raise doc.error((*kp, what), found)
 
 
-def mapping(doc: Document, kp: KeyPath, value: Any, what: str) -> dict[str, Any] | None:
+def mapping(doc: Document, kp: KeyPath, value: Yaml, what: str) -> JsonObject | None:
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -136,7 +136,7 @@ def mapping(doc: Document, kp: KeyPath, value: Any, what: str) -> dict[str, Any]
     return dict(value)
 
 
-def env_of(doc: Document, kp: KeyPath, value: Any) -> dict[str, str] | None:
+def env_of(doc: Document, kp: KeyPath, value: Yaml) -> dict[str, str] | None:
     env = mapping(doc, kp, value, "environment variables of the function: NAME: value")
     if env is None:
         return None
@@ -162,12 +162,12 @@ class Refused(Exception):
 
 @dataclass(frozen=True)
 class Answer:
-    result: Any  # JSON, decoded further by the caller with tbproto's types
+    result: Json  # JSON, decoded further by the caller with tbproto's types
     ms: float  # the host's wall time of the request
     agent_ms: float | None  # the agent's own time for the op
 
 
-def request(agent: Exchanger, op: str, **args: Any) -> Answer:
+def request(agent: Exchanger, op: str, **args: Json) -> Answer:
     """One agent request; Refused when the agent answers an error, Failure when the session or
     the node fails."""
     t0 = time.perf_counter()

@@ -36,13 +36,13 @@ from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
 
 from tbproto.codec import ProtocolError
+from tbproto.jsontypes import Json, JsonObject
 from tbproto.records import InstanceRecord, run_records
 
 from testbed.access.agent import Exchanger
-from testbed.config.yamlfile import Document, KeyPath, from_mapping
+from testbed.config.yamlfile import Document, KeyPath, Yaml, from_mapping
 from testbed.scenario.kinds.base import (
     Kind,
     Outcome,
@@ -108,7 +108,7 @@ MEM_KEYS = ("rss_local_kib", "pss_local_kib", "rss_cxl_kib", "cow_pages")
 TIME_KEYS = ("startup_ms", "first_request_ms", "e2e_ms", "run_ms", "restore_ms", "init_ms", "sandbox_create_ms")
 
 
-def run_result(reply: Any, count: int) -> tuple[bool, str | None, dict[str, Any], float | None]:
+def run_result(reply: Json, count: int) -> tuple[bool, str | None, JsonObject, float | None]:
     """snap.run's records (decoded as tbproto's InstanceRecord and RunSummary) -> (ok, error,
     result, time measured on the node). Per-instance times are medians over the instances (the
     maxima too); memory figures are totals with every instance alive and per instance."""
@@ -123,7 +123,7 @@ def run_result(reply: Any, count: int) -> tuple[bool, str | None, dict[str, Any]
     elif len(inst) != count:
         error = f"{len(inst)} instance records, expected {count}"
     first = inst[0] if inst else InstanceRecord()
-    res: dict[str, Any] = {"snapshot": first.snapshot, "function": first.function, "mode": first.mode,
+    res: JsonObject = {"snapshot": first.snapshot, "function": first.function, "mode": first.mode,
                            "instances": len(inst)}
     if first.sandbox is not None:
         res["sandbox"] = first.sandbox
@@ -166,11 +166,11 @@ def run_result(reply: Any, count: int) -> tuple[bool, str | None, dict[str, Any]
     return error is None and bool(inst), error, res, node_ms
 
 
-def take_result(reply: Any) -> dict[str, Any]:
+def take_result(reply: Json) -> JsonObject:
     if not isinstance(reply, dict):
         return {"value": reply}
     res = {k: v for k, v in reply.items() if k not in ("timings", "warm_result")}
-    timings: dict[str, Any] = reply["timings"] if isinstance(reply.get("timings"), dict) else {}
+    timings: JsonObject = reply["timings"] if isinstance(reply.get("timings"), dict) else {}
     phases = {k.replace("_s", "_ms"): float(v) * 1e3 for k, v in timings.items() if number(v)}
     res.update(phases)
     if phases:
@@ -180,14 +180,14 @@ def take_result(reply: Any) -> dict[str, Any]:
     return res
 
 
-def dedup_result(reply: Any) -> tuple[dict[str, Any], list[str]]:
+def dedup_result(reply: Json) -> tuple[JsonObject, list[str]]:
     """snap.dedup's answer -> (result without the hashes, the hashes of the local pages)."""
     if not isinstance(reply, dict):
         return {"value": reply}, []
     hashes = [str(h) for h in reply.get("hashes") or []]
     res = {k: v for k, v in reply.items() if k != "hashes"}
     local = int(reply.get("local_pages", len(hashes)))
-    given: Any = reply.get("unique_local", reply.get("unique"))
+    given: Json = reply.get("unique_local", reply.get("unique"))
     unique = int(given) if number(given) else len(set(hashes))
     res["local_pages"] = local
     res["local_unique"] = unique
@@ -229,13 +229,13 @@ class RestoreSpec:
     mode: str | None = None  # cold | criu | lazy | template, or ${restore}
     count: int | str = 1  # instances alive at once, or ${instances}
     requests: int = 1
-    event: Any = None  # the requests' event (default: the snapshot's warm-up event)
+    event: Json = None  # the requests' event (default: the snapshot's warm-up event)
     populate: bool = False
     sandbox: str | None = None  # pool | fresh | none, or ${sandbox}
-    aliases: Any = None  # name -> snapshot, applied to `snapshot` after substitution
+    aliases: Json = None  # name -> snapshot, applied to `snapshot` after substitution
     function: str | None = None  # take: the function; run/dedup: take the snapshot in prepare
-    env: Any = None
-    warm: Any = None
+    env: Json = None  # name -> value; parse() leaves a dict[str, str]
+    warm: Json = None
     full: bool = True  # prepare: the full image set too
     mhd: str = "mhd0"
 
@@ -264,7 +264,7 @@ class RunState:
             return self.key_locks.setdefault(key, threading.Lock())
 
 
-class RestoreKind(Kind[Any, Any]):
+class RestoreKind(Kind[RestoreSpec, Exchanger]):
     """Snapshots in the CXL store through the agent (see the module's docstring)."""
 
     name = "restore"
@@ -280,7 +280,7 @@ class RestoreKind(Kind[Any, Any]):
 
     # --- spec -------------------------------------------------------------------------------
 
-    def parse(self, doc: Document, kp: KeyPath, raw: dict[str, Any]) -> Any:
+    def parse(self, doc: Document, kp: KeyPath, raw: dict[str, Yaml]) -> RestoreSpec:
         spec: RestoreSpec = from_mapping(doc, RestoreSpec, raw, kp)
         parse_common(doc, kp, raw, str(spec.action), RESTORE_KEYS, ("snapshot", "action", "mhd"))
         check_literals(doc, kp, spec, ("snapshot", "mode", "sandbox", "function", "count"))
@@ -302,14 +302,14 @@ class RestoreKind(Kind[Any, Any]):
             raise doc.error((*kp, "sandbox"), f"a restore into a sandbox is {' or '.join(SANDBOX_MODES)}, not {spec.mode}")
         return replace(spec, env=env, aliases=aliases)
 
-    def templates(self, spec: Any) -> Iterator[tuple[KeyPath, str]]:
+    def templates(self, spec: RestoreSpec) -> Iterator[tuple[KeyPath, str]]:
         for key in ("snapshot", "mode", "function", "sandbox", "count"):
             if isinstance(getattr(spec, key), str):
                 yield (key,), getattr(spec, key)
         for key in ("event", "warm", "env"):
             yield from template_strings(getattr(spec, key) or {}, (key,))
 
-    def check(self, spec: Any, values: Mapping[str, object]) -> Iterator[tuple[KeyPath, str]]:
+    def check(self, spec: RestoreSpec, values: Mapping[str, object]) -> Iterator[tuple[KeyPath, str]]:
         yield from check_fields(spec, values, ("mode", "sandbox", "function", "count"))
         if placeholders(spec.snapshot) and (name := resolve(spec.snapshot, values)) is not None:
             name = (spec.aliases or {}).get(name, name)
@@ -319,10 +319,10 @@ class RestoreKind(Kind[Any, Any]):
         if spec.action is RestoreAction.RUN and sandbox in SANDBOXES and mode in MODES and mode not in SANDBOX_MODES:
             yield ("sandbox",), f"a restore into a sandbox is {' or '.join(SANDBOX_MODES)}, not {mode}"
 
-    def session(self, target: Target, timeout: float) -> AbstractContextManager[Any]:
+    def session(self, target: Target, timeout: float) -> AbstractContextManager[Exchanger]:
         return agent_session(target, timeout)
 
-    def has_prepare(self, spec: Any) -> bool:
+    def has_prepare(self, spec: RestoreSpec) -> bool:
         return spec.action in (RestoreAction.RUN, RestoreAction.DEDUP) and spec.function is not None
 
     # --- steps --------------------------------------------------------------------------------
@@ -331,7 +331,7 @@ class RestoreKind(Kind[Any, Any]):
         name = substitute(spec.snapshot, values)
         return str((spec.aliases or {}).get(name, name))
 
-    def prepare(self, session: Any, spec: Any, values: Mapping[str, object], timeout: float) -> Outcome:
+    def prepare(self, session: Exchanger, spec: RestoreSpec, values: Mapping[str, object], timeout: float) -> Outcome:
         return self._take(session, spec, values, replace_any=False)
 
     def _take(self, agent: Exchanger, spec: RestoreSpec, values: Mapping[str, object], replace_any: bool) -> Outcome:
@@ -361,7 +361,7 @@ class RestoreKind(Kind[Any, Any]):
                     request(agent, "store.delete", mhd=spec.mhd, name=snap)
                 with run.lock:  # nodes that prepared the old one must prepare again
                     run.prepared = {p for p in run.prepared if (p[1], p[2]) != key}
-                args: dict[str, Any] = {"name": snap, "function": function, "mhd": spec.mhd}
+                args: JsonObject = {"name": snap, "function": function, "mhd": spec.mhd}
                 if warm is not None:
                     args["warm"] = warm
                 if env:
@@ -394,7 +394,7 @@ class RestoreKind(Kind[Any, Any]):
 
     # --- invocations -----------------------------------------------------------------------------
 
-    def invoke(self, session: Any, spec: Any, values: Mapping[str, object], timeout: float) -> Outcome:
+    def invoke(self, session: Exchanger, spec: RestoreSpec, values: Mapping[str, object], timeout: float) -> Outcome:
         if spec.action is RestoreAction.TAKE:
             return self._take(session, spec, values, replace_any=True)
         snap = self.snapshot_name(spec, values)
@@ -410,6 +410,7 @@ class RestoreKind(Kind[Any, Any]):
                 run.prepared.add((str(values.get("node", "")), spec.mhd, snap, spec.full))
             reply = answer.result
             return Outcome(True, answer.ms, result=reply if isinstance(reply, dict) else {"value": reply})
+        assert spec.mode is not None  # run and dedup require it (RESTORE_KEYS, checked by parse)
         mode = substitute(spec.mode, values)
         count = as_int(substitute_value(spec.count, values))
         sandbox = substitute(spec.sandbox, values) if spec.sandbox is not None else None
@@ -422,7 +423,7 @@ class RestoreKind(Kind[Any, Any]):
         event = substitute_value(spec.event, values) if spec.event is not None else None
         if spec.action is RestoreAction.DEDUP:
             return self._dedup(session, spec, values, snap, mode, count, event)
-        args: dict[str, Any] = {"name": snap, "mode": mode, "count": count, "mhd": spec.mhd}
+        args: JsonObject = {"name": snap, "mode": mode, "count": count, "mhd": spec.mhd}
         if spec.requests != 1:
             args["requests"] = spec.requests
         if spec.populate:
@@ -441,8 +442,8 @@ class RestoreKind(Kind[Any, Any]):
         return Outcome(ok, answer.ms, node_ms, None, result, error, guest_ms=answer.agent_ms)
 
     def _dedup(self, agent: Exchanger, spec: RestoreSpec, values: Mapping[str, object], snap: str, mode: str, count: int,
-               event: Any) -> Outcome:
-        args: dict[str, Any] = {"name": snap, "mode": mode, "count": count, "mhd": spec.mhd}
+               event: Json) -> Outcome:
+        args: JsonObject = {"name": snap, "mode": mode, "count": count, "mhd": spec.mhd}
         if event is not None:
             args["event"] = event
         try:

@@ -15,13 +15,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any
 
 from tbproto import ops as proto
 from tbproto.codec import ProtocolError, encode
+from tbproto.jsontypes import Json, JsonObject
 from tbproto.records import SandboxRun
 
-from testbed.config.yamlfile import Document, KeyPath, from_mapping
+from testbed.access.agent import Exchanger
+from testbed.config.yamlfile import Document, KeyPath, Yaml, from_mapping
 from testbed.scenario.kinds.base import (
     Kind,
     Outcome,
@@ -60,8 +61,8 @@ class SandboxSpec:
     action: SandboxAction = SandboxAction.RUN
     function: str | None = None  # a function of the catalog, or ${function}
     sandbox: str | None = None  # pool | fresh, or ${sandbox}
-    event: Any = None
-    env: Any = None  # pool only: crun's baseline runs with the catalog's env
+    event: Json = None
+    env: Json = None  # pool only: crun's baseline runs with the catalog's env
     size: int | str | None = None  # pool: sandboxes kept ready
     max: int | None = None  # pool: most sandboxes in all
     on_exhausted: str | None = None  # pool: queue | fallback
@@ -74,13 +75,13 @@ SANDBOX_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-def sandbox_result(run: SandboxRun, sandbox: str) -> tuple[bool, str | None, dict[str, Any]]:
+def sandbox_result(run: SandboxRun, sandbox: str) -> tuple[bool, str | None, JsonObject]:
     """sandbox.run (pool) or sandbox.fresh's record -> (ok, error, result): phases and times in ms."""
     timings = run.timings
     fn = run.reply
 
     def ms(key: str) -> float | None:
-        v: Any = timings.get(key)
+        v: Json = timings.get(key)
         return float(v) * 1e3 if number(v) else None
 
     phases: dict[str, float] = {}
@@ -99,7 +100,7 @@ def sandbox_result(run: SandboxRun, sandbox: str) -> tuple[bool, str | None, dic
             phases["rootfs_ms" if step == "rootfs_outer" else f"{step}_ms"] = v
     if fn.run_s is not None:
         phases["run_ms"] = fn.run_s * 1e3
-    res: dict[str, Any] = {"sandbox": sandbox, "fresh": run.fresh if run.fresh is not None else sandbox == "fresh",
+    res: JsonObject = {"sandbox": sandbox, "fresh": run.fresh if run.fresh is not None else sandbox == "fresh",
                            "ok_function": fn.ok, "result": fn.result}
     for key, out in (("ready_sandbox", "sandbox_ms"), ("ready_function", "startup_ms")):
         if (v := ms(key)) is not None:
@@ -122,7 +123,7 @@ def sandbox_result(run: SandboxRun, sandbox: str) -> tuple[bool, str | None, dic
     return ok, error, res
 
 
-class SandboxKind(Kind[Any, Any]):
+class SandboxKind(Kind[SandboxSpec, Exchanger]):
     """The node's sandbox pool through the agent session (see the module's docstring)."""
 
     name = "sandbox"
@@ -132,7 +133,7 @@ class SandboxKind(Kind[Any, Any]):
         self.lock = threading.Lock()
         self.fresh_locks: dict[str, threading.Lock] = {}
 
-    def parse(self, doc: Document, kp: KeyPath, raw: dict[str, Any]) -> Any:
+    def parse(self, doc: Document, kp: KeyPath, raw: dict[str, Yaml]) -> SandboxSpec:
         spec: SandboxSpec = from_mapping(doc, SandboxSpec, raw, kp)
         parse_common(doc, kp, raw, str(spec.action), SANDBOX_KEYS, ("action",))
         check_literals(doc, kp, spec, ("function", "sandbox", "size"))
@@ -148,17 +149,17 @@ class SandboxKind(Kind[Any, Any]):
             raise doc.error((*kp, "on_exhausted"), f"expected one of {', '.join(POLICIES)}, got {spec.on_exhausted!r}")
         return replace(spec, env=env)
 
-    def templates(self, spec: Any) -> Iterator[tuple[KeyPath, str]]:
+    def templates(self, spec: SandboxSpec) -> Iterator[tuple[KeyPath, str]]:
         for key in ("function", "sandbox", "size"):
             if isinstance(getattr(spec, key), str):
                 yield (key,), getattr(spec, key)
         for key in ("event", "env"):
             yield from template_strings(getattr(spec, key) or {}, (key,))
 
-    def session(self, target: Target, timeout: float) -> AbstractContextManager[Any]:
+    def session(self, target: Target, timeout: float) -> AbstractContextManager[Exchanger]:
         return agent_session(target, timeout)
 
-    def check(self, spec: Any, values: Mapping[str, object]) -> Iterator[tuple[KeyPath, str]]:
+    def check(self, spec: SandboxSpec, values: Mapping[str, object]) -> Iterator[tuple[KeyPath, str]]:
         yield from check_fields(spec, values, ("function", "sandbox", "size"))
         if spec.sandbox is not None and resolve(spec.sandbox, values) in NO_SANDBOX:
             yield ("sandbox",), f"expected {' or '.join(SANDBOXES)} (from {spec.sandbox})"
@@ -190,7 +191,7 @@ class SandboxKind(Kind[Any, Any]):
         with self.lock:
             return self.fresh_locks.setdefault(node, threading.Lock())
 
-    def invoke(self, session: Any, spec: Any, values: Mapping[str, object], timeout: float) -> Outcome:
+    def invoke(self, session: Exchanger, spec: SandboxSpec, values: Mapping[str, object], timeout: float) -> Outcome:
         req = self.request(spec, values)
         if isinstance(req, str):
             return Outcome(False, 0.0, error=req)

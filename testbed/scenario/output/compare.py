@@ -14,11 +14,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
 from scipy import stats as sps
+from tbproto.jsontypes import JsonObject
 
 from testbed.scenario.output.results import RecordData
 
@@ -47,7 +47,7 @@ class Difference:
             return None
         return (self.new - self.old) / abs(self.old)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> JsonObject:
         return {**asdict(self), "change": self.change}
 
 
@@ -78,7 +78,7 @@ def _worse(old: float | None, new: float | None, threshold: float, higher_better
     return new > old + threshold * abs(old)
 
 
-def compare(old: dict[str, Any], new: dict[str, Any], threshold: float = 0.10,
+def compare(old: JsonObject, new: JsonObject, threshold: float = 0.10,
             stats: Sequence[str] = ("median", "p99"), higher_better: Sequence[str] = (),
             old_raw: RecordData | None = None, new_raw: RecordData | None = None,
             alpha: float = DEFAULT_ALPHA) -> list[Difference]:
@@ -141,7 +141,7 @@ def compare_table(diffs: Sequence[Difference], old_name: str, new_name: str) -> 
     return t
 
 
-def as_json(diffs: Sequence[Difference], old_name: str, new_name: str, threshold: float, alpha: float) -> dict[str, Any]:
+def as_json(diffs: Sequence[Difference], old_name: str, new_name: str, threshold: float, alpha: float) -> JsonObject:
     """What `testbed compare --json` prints."""
     return {"old": old_name, "new": new_name, "threshold": threshold, "alpha": alpha,
             "test": "mann-whitney-u two-sided on per-invocation values",

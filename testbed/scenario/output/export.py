@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from tbproto.jsontypes import Json, JsonObject
 
 from testbed.errors import UserError
 from testbed.scenario.output import results
@@ -47,7 +49,7 @@ def need(module: str) -> ModuleType:
                         f"pip install '{EXTRA}'") from None
 
 
-def _scalar(v: Any) -> Any:
+def _scalar(v: Json) -> Json:
     """A cell: numbers, strings, booleans and None as they are; anything else as JSON-ish text."""
     if v is None or isinstance(v, bool | int | str):
         return v
@@ -56,7 +58,7 @@ def _scalar(v: Any) -> Any:
     return str(v)
 
 
-def rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def rows(records: Sequence[JsonObject]) -> list[JsonObject]:
     """One flat dict per invocation record, in the order of raw.jsonl."""
     out = []
     for r in records:
@@ -74,7 +76,7 @@ def rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def columns(table: Sequence[dict[str, Any]]) -> list[str]:
+def columns(table: Sequence[JsonObject]) -> list[str]:
     """Identity first, then parameters, then metrics, each in the order first seen."""
     seen: dict[str, None] = dict.fromkeys(IDENTITY)
     params = {k: None for r in table for k in r if k.startswith(PARAM_PREFIX)}
@@ -82,7 +84,7 @@ def columns(table: Sequence[dict[str, Any]]) -> list[str]:
     return [*seen, *params, *rest]
 
 
-def uniform(table: Sequence[dict[str, Any]], cols: Sequence[str]) -> list[dict[str, Any]]:
+def uniform(table: Sequence[JsonObject], cols: Sequence[str]) -> list[JsonObject]:
     """Every row with every column (None where absent); a column that mixes text with numbers
     becomes text throughout, so that Parquet (one type per column) can hold it."""
     full = [{c: r.get(c) for c in cols} for r in table]
@@ -95,7 +97,7 @@ def uniform(table: Sequence[dict[str, Any]], cols: Sequence[str]) -> list[dict[s
     return full
 
 
-def read(folder: Path) -> list[dict[str, Any]]:
+def read(folder: Path) -> list[JsonObject]:
     path = Path(folder) / results.RAW
     if not path.exists():
         raise UserError(f"{path}: missing; is {folder} a results folder of `testbed run`?")
@@ -111,7 +113,7 @@ def load(folder: str | Path) -> pd.DataFrame:
     return frame
 
 
-def write_csv(table: Sequence[dict[str, Any]], out: Path) -> None:
+def write_csv(table: Sequence[JsonObject], out: Path) -> None:
     cols = columns(table)
     with open(out, "w", encoding="utf-8", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
@@ -120,7 +122,7 @@ def write_csv(table: Sequence[dict[str, Any]], out: Path) -> None:
             w.writerow({k: "" if v is None else v for k, v in r.items()})
 
 
-def write_parquet(table: Sequence[dict[str, Any]], out: Path) -> None:
+def write_parquet(table: Sequence[JsonObject], out: Path) -> None:
     pa = need("pyarrow")
     pq = need("pyarrow.parquet")
     cols = columns(table)

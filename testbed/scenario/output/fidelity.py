@@ -6,14 +6,15 @@ QEMU reported it), so a reader knows which figures mean what on real hardware.""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+
+from tbproto.jsontypes import JsonObject
 
 # Real CXL-attached DRAM: about 2x local DRAM load latency and less bandwidth per device
 # (public measurements of CXL 1.1/2.0 expanders report roughly 170-250 ns against ~100 ns).
 REAL_CXL_LATENCY_FACTOR = 2.0
 
 
-def distortions(accelerator: str, heads: Sequence[dict[str, Any]]) -> list[str]:
+def distortions(accelerator: str, heads: Sequence[JsonObject]) -> list[str]:
     out: list[str] = []
     observed = {str(h.get("observed")) for h in heads}
     if "direct" in observed or "partial" in observed:

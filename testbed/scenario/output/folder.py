@@ -6,15 +6,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from tbproto.jsontypes import JsonObject
 
 from testbed.errors import TestbedError, UserError
 from testbed.lifecycle.state import State
 from testbed.scenario.output import fidelity, results
 from testbed.scenario.spec.schema import Scenario
 
-Meta = dict[str, Any]  # meta.json: JSON
-CxlPaths = Callable[[State], list[dict[str, Any]]]  # state -> each head's CXL path as QEMU reports it
+Meta = JsonObject  # meta.json: JSON
+CxlPaths = Callable[[State], list[JsonObject]]  # state -> each head's CXL path as QEMU reports it
 
 
 def prepare(out: Path, resume: bool, scenario_hash: str) -> tuple[set[results.UnitKey], Meta]:
@@ -64,7 +65,7 @@ def testbed_meta(meta: Meta, state: State, created: bool, keep: bool) -> None:
     meta["qemu"] = results.qemu_info(dict(state.qemu or {}))
 
 
-def fidelity_meta(meta: Meta, state: State, key: str, cxl_paths: CxlPaths) -> dict[str, Any] | None:
+def fidelity_meta(meta: Meta, state: State, key: str, cxl_paths: CxlPaths) -> JsonObject | None:
     """Read each head's path back from QEMU into meta[key] and state what emulation distorts;
     returns the failure record when the paths could not be read (the run goes on)."""
     failure = None

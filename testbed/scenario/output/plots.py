@@ -21,7 +21,6 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -30,6 +29,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from tbproto.jsontypes import Json, JsonObject
 
 from testbed.scenario.output import results, stats
 from testbed.scenario.output.results import RecordData, unit_key
@@ -96,7 +96,7 @@ def _err(values: Sequence[float], centre: float) -> tuple[float, float]:
     return (0.0, 0.0) if ci is None else (max(0.0, centre - ci.low), max(0.0, ci.high - centre))
 
 
-def _number(v: Any) -> float | None:
+def _number(v: object) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
@@ -235,7 +235,7 @@ def startup_breakdown(data: RecordData, modes: Sequence[str], workloads: Sequenc
     return True
 
 
-def render(records: Sequence[dict[str, Any]], modes: Sequence[str], workloads: Sequence[str], out_dir: Path) -> list[str]:
+def render(records: Sequence[JsonObject], modes: Sequence[str], workloads: Sequence[str], out_dir: Path) -> list[str]:
     """Write the plots the data supports (PNG, PDF and SVG); returns the PNGs' file names."""
     data = RecordData(records)
     colours = mode_colours(modes)
@@ -252,7 +252,7 @@ def render(records: Sequence[dict[str, Any]], modes: Sequence[str], workloads: S
     return made
 
 
-def redraw(folder: Path, summary: Mapping[str, Any]) -> list[str]:
+def redraw(folder: Path, summary: Mapping[str, Json]) -> list[str]:
     """The plots of a results folder drawn again from its raw.jsonl (modes and workloads in the
     order of its summary.json)."""
     modes = list(summary.get("modes", {}))

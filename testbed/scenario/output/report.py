@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
 
 # compare lives in compare.py; these names stay reachable as report.compare etc.
+from tbproto.jsontypes import Json, JsonObject
+
 from testbed.scenario.output.compare import Difference as Difference
 from testbed.scenario.output.compare import compare as compare
 from testbed.scenario.output.compare import compare_table as compare_table
@@ -26,11 +27,11 @@ def _fmt(v: object, digits: int = 2) -> str:
     return str(v)
 
 
-def _mib(kb: Any) -> str:
+def _mib(kb: Json) -> str:
     return "-" if kb is None else f"{kb / 1024:.1f}"
 
 
-def _workloads(summary: dict[str, Any]) -> list[str]:
+def _workloads(summary: JsonObject) -> list[str]:
     seen: dict[str, None] = {}
     for mode in summary.get("modes", {}).values():
         for wl in mode.get("workloads", {}):
@@ -38,7 +39,7 @@ def _workloads(summary: dict[str, Any]) -> list[str]:
     return list(seen)
 
 
-def metric_rows(summary: dict[str, Any], workload: str) -> list[list[str]]:
+def metric_rows(summary: JsonObject, workload: str) -> list[list[str]]:
     rows = []
     for mode, entry in summary.get("modes", {}).items():
         w = entry.get("workloads", {}).get(workload)
@@ -60,18 +61,18 @@ EXECUTOR_KEYS = ("dispatch_ms_median", "transport_ms_median", "lateness_ms_media
                  "transport_ms_p99", "latency_ms_median", "node_ms_median")
 
 
-def executor_row(ex: dict[str, Any]) -> list[str]:
+def executor_row(ex: JsonObject) -> list[str]:
     return [str(ex.get("invocations", 0)), *(_fmt(ex.get(k), 3) for k in EXECUTOR_KEYS)]
 
 
-def _with_ci(value: Any, ci: Any) -> str:
+def _with_ci(value: Json, ci: Json) -> str:
     """"median [lo, hi]" when summary.json has the bootstrap interval of that statistic."""
     if isinstance(ci, list) and len(ci) == 2 and value is not None:
         return f"{_fmt(value)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
     return _fmt(value)
 
 
-def repetition_rows(summary: dict[str, Any], workload: str) -> list[list[str]]:
+def repetition_rows(summary: JsonObject, workload: str) -> list[list[str]]:
     """Per mode and metric with more than one repetition: each repetition's median, and the
     spread of the repetitions' medians and P99s (mean +- sd, min to max)."""
     rows = []
@@ -102,13 +103,13 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 METRIC_HEADER = ("mode", "n", "errors", "metric", *STAT_COLUMNS)
 
 
-def _qemu(info: Any) -> str:
+def _qemu(info: Json) -> str:
     if isinstance(info, dict):
         return f"{info.get('kind', '?')} {info.get('version', '?')}" + (f" (key {info['key']})" if info.get("key") else "")
     return str(info or "?")
 
 
-def markdown(summary: dict[str, Any], meta: dict[str, Any], failures: Sequence[dict[str, Any]],
+def markdown(summary: JsonObject, meta: JsonObject, failures: Sequence[JsonObject],
              plots: Sequence[str]) -> str:
     scn = meta.get("scenario", {})
     tb = meta.get("testbed", {})
@@ -173,7 +174,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], failures: Sequence[d
     return "\n".join(out)
 
 
-def tables(summary: dict[str, Any], title: str = "") -> list[Table]:
+def tables(summary: JsonObject, title: str = "") -> list[Table]:
     out = []
     for wl in _workloads(summary):
         t = Table(title=escape(f"{title}{wl} (ms)"))

@@ -21,7 +21,9 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
+
+from tbproto.jsontypes import Json, JsonObject
 
 from testbed import __version__, paths
 from testbed.errors import TestbedError, UserError
@@ -39,7 +41,7 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
-def unit_key(rec: dict[str, Any]) -> UnitKey:
+def unit_key(rec: JsonObject) -> UnitKey:
     return (str(rec["mode"]), str(rec["workload"]), int(rec["rep"]))
 
 
@@ -51,7 +53,7 @@ class RawLog:
         self._lock = threading.Lock()
         self._fh: TextIO = open(path, "a", encoding="utf-8")
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: JsonObject) -> None:
         line = json.dumps(record, separators=(",", ":"), default=str) + "\n"
         with self._lock:
             self._fh.write(line)
@@ -62,9 +64,9 @@ class RawLog:
             self._fh.close()
 
 
-def read_raw(path: Path) -> list[dict[str, Any]]:
+def read_raw(path: Path) -> list[JsonObject]:
     """The records of raw.jsonl; a torn last line (the run was killed mid-write) is dropped."""
-    out: list[dict[str, Any]] = []
+    out: list[JsonObject] = []
     if not path.exists():
         return out
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -82,7 +84,7 @@ def read_raw(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def completed_units(records: Iterable[dict[str, Any]]) -> set[UnitKey]:
+def completed_units(records: Iterable[JsonObject]) -> set[UnitKey]:
     return {unit_key(r) for r in records if r.get("type") == "unit" and r.get("status") == "done"}
 
 
@@ -98,13 +100,13 @@ def keep_completed(path: Path) -> tuple[set[UnitKey], int]:
     return done, len(records) - len(kept)
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Json) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path) -> Json:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -118,8 +120,8 @@ def read_json(path: Path) -> Any:
 class RecordData:
     """Measurements read from raw records (warm-up excluded): what summaries and assertions use."""
 
-    def __init__(self, records: Sequence[dict[str, Any]]) -> None:
-        self.invocations: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    def __init__(self, records: Sequence[JsonObject]) -> None:
+        self.invocations: dict[tuple[str, str], list[JsonObject]] = defaultdict(list)
         self.warmups: dict[tuple[str, str], int] = defaultdict(int)
         mem: dict[UnitKey, dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
         for r in records:
@@ -176,11 +178,11 @@ class RecordData:
         vals = [d if delta else p for (m, _, _), (p, d) in self.unit_memory.items() if m == mode]
         return stats.median_or_none([float(v) for v in vals if v is not None])
 
-    def all_invocations(self) -> list[dict[str, Any]]:
+    def all_invocations(self) -> list[JsonObject]:
         return [r for recs in self.invocations.values() for r in recs]
 
 
-def _round(value: Any) -> Any:
+def _round(value: Json) -> Json:
     if isinstance(value, float):
         return round(value, 4)
     if isinstance(value, dict):
@@ -190,12 +192,12 @@ def _round(value: Any) -> Any:
     return value
 
 
-def summarize(records: Sequence[dict[str, Any]], modes: Sequence[str], workloads: Sequence[str],
-              metrics: Sequence[str]) -> dict[str, Any]:
+def summarize(records: Sequence[JsonObject], modes: Sequence[str], workloads: Sequence[str],
+              metrics: Sequence[str]) -> JsonObject:
     data = RecordData(records)
-    out: dict[str, Any] = {"modes": {}}
+    out: JsonObject = {"modes": {}}
     for mode in modes:
-        entry: dict[str, Any] = {"memory_kb": data.mode_memory(mode, False),
+        entry: JsonObject = {"memory_kb": data.mode_memory(mode, False),
                                  "memory_delta_kb": data.mode_memory(mode, True), "workloads": {}}
         for wl in workloads:
             n, errors = data.counts(mode, wl)
@@ -213,7 +215,7 @@ def summarize(records: Sequence[dict[str, Any]], modes: Sequence[str], workloads
         out["modes"][mode] = entry
     invs = [r for r in records if r.get("type") == "invocation"]
 
-    def number(m: dict[str, Any], key: str) -> bool:
+    def number(m: JsonObject, key: str) -> bool:
         return isinstance(m.get(key), int | float) and not isinstance(m.get(key), bool)
 
     def values(*keys: str, timed: bool = False) -> list[float]:
@@ -247,7 +249,7 @@ def summarize(records: Sequence[dict[str, Any]], modes: Sequence[str], workloads
         "latency_ms_median": med("latency_ms", timed=True),  # the remote call's wall time seen from the host
         "node_ms_median": med("guest_ms", "function_ms", timed=True),  # the node's own time
     }
-    rounded: dict[str, Any] = _round(out)
+    rounded: JsonObject = _round(out)
     return rounded
 
 
@@ -274,18 +276,18 @@ def host_cpu() -> str | None:
     return platform.processor() or None
 
 
-def git_info() -> dict[str, Any]:
+def git_info() -> JsonObject:
     commit = _cmd(["git", "-C", str(paths.REPO), "rev-parse", "HEAD"])
     status = _cmd(["git", "-C", str(paths.REPO), "status", "--porcelain", "--untracked-files=no"])
     return {"commit": commit, "dirty": bool(status) if commit else None}
 
 
-def kernel_info(state_kernel: dict[str, str]) -> dict[str, Any]:
-    info: dict[str, Any] = dict(state_kernel)
+def kernel_info(state_kernel: dict[str, str]) -> JsonObject:
+    info: JsonObject = dict(state_kernel)
     kdir = state_kernel.get("dir")
     if kdir and (Path(kdir) / "meta.json").exists():
         try:
-            meta: dict[str, Any] = json.loads((Path(kdir) / "meta.json").read_text())
+            meta: JsonObject = json.loads((Path(kdir) / "meta.json").read_text())
             for key in ("key", "package", "source_version", "patches", "config_hash", "config_sha"):
                 if key in meta:
                     info[key] = meta[key]
@@ -294,14 +296,14 @@ def kernel_info(state_kernel: dict[str, str]) -> dict[str, Any]:
     return info
 
 
-def qemu_info(state_qemu: dict[str, str]) -> dict[str, Any]:
+def qemu_info(state_qemu: dict[str, str]) -> JsonObject:
     """The emulator the testbed's domains run, with the patch hashes of a patched build."""
-    info: dict[str, Any] = dict(state_qemu)
+    info: JsonObject = dict(state_qemu)
     exe = state_qemu.get("path")
     meta_file = Path(exe).parent.parent / "meta.json" if exe else None
     if meta_file is not None and meta_file.exists():
         try:
-            meta: dict[str, Any] = json.loads(meta_file.read_text())
+            meta: JsonObject = json.loads(meta_file.read_text())
             for key in ("patches", "configure", "tarball_sha256", "recipe"):
                 if key in meta:
                     info[key] = meta[key]
@@ -310,7 +312,7 @@ def qemu_info(state_qemu: dict[str, str]) -> dict[str, Any]:
     return info
 
 
-def host_meta() -> dict[str, Any]:
+def host_meta() -> JsonObject:
     return {
         "git": git_info(),
         "libvirt": _cmd(["virsh", "--version"]),

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+
+from tbproto.jsontypes import JsonObject
 
 from testbed.scenario.output import plots, report, results
 from testbed.scenario.spec.assertions import check
 from testbed.scenario.spec.schema import Scenario
 
-Record = dict[str, Any]  # a JSON record of raw.jsonl, summary.json, failures.json
+Record = JsonObject  # a JSON record of raw.jsonl, summary.json, failures.json
 
 
 def assertions(scn: Scenario, records: Sequence[Record]) -> list[Record]:

@@ -25,13 +25,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from tbproto.jsontypes import Json, JsonObject
 
 from testbed.access.agent import Exchange
 from testbed.access.node import Node
 from testbed.errors import NodeError, TestbedError, UserError
 from testbed.scenario.kinds import KINDS
-from testbed.scenario.kinds.base import Agent, Failure, Kind, Outcome, Target
+from testbed.scenario.kinds.base import Agent, AnyKind, Failure, Outcome, Target
 from testbed.scenario.output import folder, results, summary
 from testbed.scenario.run import sampler, scheduler
 from testbed.scenario.run.bars import Bars, TaskID
@@ -41,7 +42,7 @@ from testbed.scenario.spec import arrivals
 from testbed.scenario.spec.schema import Mode, Scenario, Step, Workload
 
 log = logging.getLogger("testbed")
-Record = dict[str, Any]  # a JSON record of raw.jsonl or failures.json
+Record = JsonObject  # a JSON record of raw.jsonl or failures.json
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class _Unit:
     mode: Mode
     workload: Workload
     rep: int
-    kind: Kind[Any, Any]
+    kind: AnyKind
     values: dict[str, object]
     invoke_on: tuple[str, ...]
     sessions: Sessions
@@ -113,7 +114,7 @@ class TimedAgent:
     def __init__(self, agent: Agent, timeout: float) -> None:
         self.agent, self.timeout = agent, timeout
 
-    def exchange(self, op: str, args: Mapping[str, Any] | None = None, timeout: float | None = None) -> Exchange:
+    def exchange(self, op: str, args: Mapping[str, Json] | None = None, timeout: float | None = None) -> Exchange:
         return self.agent.exchange(op, args, self.timeout if timeout is None else timeout)
 
 
@@ -205,7 +206,7 @@ class Runner:
                                          "mode": mode.name if mode else "", "workload": "", "function": step.name,
                                          "rep": 0, "seq": 0, "client": 0, "seed": self.scn.seed, "nonce": self.nonce}
 
-            def one(node: str, kind: Kind[Any, Any] = kind, step: Step = step, values: dict[str, object] = values) -> None:
+            def one(node: str, kind: AnyKind = kind, step: Step = step, values: dict[str, object] = values) -> None:
                 with kind.session(self.targets[node], step.timeout) as session:
                     out = kind.invoke(session, step.spec, {**values, "node": node}, step.timeout)
                 raw.write({"type": "setup", "phase": phase, "step": step.name, "mode": mode.name if mode else None,

@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from rich.console import Console
+from tbproto.jsontypes import JsonObject
 
 from testbed.access.node import Node
 from testbed.config.topology import HostFacts, Topology
@@ -68,6 +69,6 @@ class Backend:
     open_testbed: OpenTestbed
     host_facts: Callable[[], HostFacts]
     progress: ProgressFactory = quiet
-    host_meta: Callable[[], dict[str, Any]] = results.host_meta  # JSON for meta.json
-    cxl_paths: Callable[[State], list[dict[str, Any]]] = cxlpath.read_for_state  # JSON for meta.json
+    host_meta: Callable[[], JsonObject] = results.host_meta  # JSON for meta.json
+    cxl_paths: Callable[[State], list[JsonObject]] = cxlpath.read_for_state  # JSON for meta.json
     console: Console = field(default_factory=lambda: Console(stderr=True))

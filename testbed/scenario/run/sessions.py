@@ -10,20 +10,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from contextlib import ExitStack
-from typing import Any
 
-from testbed.scenario.kinds.base import Kind, Target
+from testbed.scenario.kinds.base import AnyKind, Target
 
 
 class Sessions:
-    def __init__(self, kind: Kind[Any, Any], targets: Mapping[str, Target], timeout: float) -> None:
+    def __init__(self, kind: AnyKind, targets: Mapping[str, Target], timeout: float) -> None:
         self.kind, self.targets, self.timeout = kind, targets, timeout
         self.local = threading.local()
         self.stack = ExitStack()
         self.lock = threading.Lock()
 
-    def get(self, node: str) -> Any:  # the kind's session type (a Node, an Agent, ...)
-        held: dict[str, Any] = self.local.__dict__.setdefault("held", {})
+    def get(self, node: str) -> object:  # the kind's session type (a Node, an Agent, ...)
+        held: dict[str, object] = self.local.__dict__.setdefault("held", {})
         if node not in held:
             with ExitStack() as opening:
                 held[node] = opening.enter_context(self.kind.session(self.targets[node], self.timeout))

@@ -8,13 +8,12 @@ import math
 import os
 import stat
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from testbed.config import topology as topo_mod
 from testbed.config.topology import Topology
-from testbed.config.yamlfile import Document, KeyPath, from_mapping, load_document
+from testbed.config.yamlfile import Document, KeyPath, Yaml, from_mapping, load_document
 from testbed.scenario.kinds.base import NAME_RE as PARAM_RE
 from testbed.scenario.spec import arrivals
 from testbed.scenario.spec.model import (
@@ -88,7 +87,7 @@ def parse_topology(doc: Document, base: Path) -> tuple[Topology, Document, str |
     raise doc.error(kp, "expected the path of a topology file or an inline topology mapping")
 
 
-def parse_params(doc: Document, kp: KeyPath, value: Any) -> dict[str, Scalar]:
+def parse_params(doc: Document, kp: KeyPath, value: Yaml) -> dict[str, Scalar]:
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -129,7 +128,7 @@ def one_node(doc: Document, kp: KeyPath, value: str, topo: Topology) -> str:
     return node
 
 
-def parse_placement(doc: Document, kp: KeyPath, value: Any, topo: Topology) -> Placement | None:
+def parse_placement(doc: Document, kp: KeyPath, value: Yaml, topo: Topology) -> Placement | None:
     if value is None:
         return None
     if value == "spread":
@@ -169,7 +168,7 @@ def trace_path(doc: Document, kp: KeyPath, value: str, base: Path) -> Path:
     return real
 
 
-def parse_arrival(doc: Document, kp: KeyPath, value: Any, base: Path, seed: int = 0) -> Arrival:
+def parse_arrival(doc: Document, kp: KeyPath, value: Yaml, base: Path, seed: int = 0) -> Arrival:
     # seed: the scenario's, so a trace whose times are drawn (Azure 2019 per-minute counts) follows it
     if value is None:
         raise doc.error(kp, "missing: e.g. {pattern: fixed, count: 10} or {pattern: poisson, rate: 2, duration: 10s}")

@@ -6,10 +6,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from pathlib import Path
-from typing import Any
 
 from testbed.config.topology import Topology
-from testbed.config.yamlfile import Document, KeyPath
+from testbed.config.yamlfile import Document, KeyPath, Yaml
 from testbed.scenario.kinds import KINDS
 from testbed.scenario.spec.fields import node_list, parse_arrival, parse_params, parse_placement, seconds
 from testbed.scenario.spec.model import ITEM_RE, Mode, Scalar, Step, Workload, cut
@@ -18,7 +17,7 @@ STEP_KEYS = ("name", "kind", "nodes", "timeout")
 WORKLOAD_KEYS = ("name", "kind", "arrival", "placement", "params", "sweep", "timeout", "warmup")
 
 
-def kind_of(doc: Document, kp: KeyPath, raw: dict[str, Any], common: tuple[str, ...]) -> tuple[str, Any]:
+def kind_of(doc: Document, kp: KeyPath, raw: dict[str, Yaml], common: tuple[str, ...]) -> tuple[str, object]:
     kind_name = raw.get("kind")
     if not isinstance(kind_name, str) or kind_name not in KINDS:  # a list is no key of a dict
         raise doc.error((*kp, "kind") if "kind" in raw else kp,
@@ -33,7 +32,7 @@ def kind_of(doc: Document, kp: KeyPath, raw: dict[str, Any], common: tuple[str, 
     return kind_name, kind.parse(doc, kp, {k: v for k, v in raw.items() if k not in common})
 
 
-def parse_steps(doc: Document, kp: KeyPath, value: Any, topo: Topology, default_timeout: float) -> tuple[Step, ...]:
+def parse_steps(doc: Document, kp: KeyPath, value: Yaml, topo: Topology, default_timeout: float) -> tuple[Step, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
@@ -56,7 +55,7 @@ def parse_steps(doc: Document, kp: KeyPath, value: Any, topo: Topology, default_
     return tuple(out)
 
 
-def sweep_values(doc: Document, kp: KeyPath, value: Any) -> list[dict[str, Scalar]]:
+def sweep_values(doc: Document, kp: KeyPath, value: Yaml) -> list[dict[str, Scalar]]:
     if value is None:
         return [{}]
     if not isinstance(value, dict) or not value:
@@ -73,7 +72,7 @@ def sweep_values(doc: Document, kp: KeyPath, value: Any) -> list[dict[str, Scala
     return [dict(combo) for combo in itertools.product(*axes)]
 
 
-def parse_workloads(doc: Document, value: Any, topo: Topology, base: Path, timeout: float,
+def parse_workloads(doc: Document, value: Yaml, topo: Topology, base: Path, timeout: float,
                     seed: int = 0) -> list[tuple[Workload, KeyPath]]:
     kp: KeyPath = ("workloads",)
     if not isinstance(value, list) or not value:
@@ -106,7 +105,7 @@ def parse_workloads(doc: Document, value: Any, topo: Topology, base: Path, timeo
     return out
 
 
-def parse_modes(doc: Document, value: Any, topo: Topology, timeout: float) -> tuple[Mode, ...]:
+def parse_modes(doc: Document, value: Yaml, topo: Topology, timeout: float) -> tuple[Mode, ...]:
     kp: KeyPath = ("modes",)
     if value is None:
         return (Mode("default", {}, None),)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
 from testbed.config import topology as topo_mod
 from testbed.config.topology import HostFacts, Topology
-from testbed.config.yamlfile import Document
+from testbed.config.yamlfile import Document, Yaml
 from testbed.errors import ConfigError
 from testbed.scenario.spec import arrivals, assertions
 
@@ -66,17 +66,17 @@ class RawPlacement:
 @dataclass(frozen=True)
 class RawScenario:
     name: str
-    testbed: Any
-    workloads: Any
+    testbed: Yaml
+    workloads: Yaml
     description: str = ""
     seed: int = 1
     repetitions: int = 1
     warmup: int = 0
     timeout: float | str = 60.0
-    params: Any = None
-    placement: Any = None
-    setup: Any = None
-    modes: Any = None
+    params: Yaml = None
+    placement: Yaml = None
+    setup: Yaml = None
+    modes: Yaml = None
     metrics: tuple[str, ...] = ("latency_ms",)
     assertions: tuple[str, ...] = ()
     parallel_workloads: bool = False
@@ -99,13 +99,13 @@ class Arrival:
     limit: int | None = None
     max_inflight: int = 32
 
-    def schedule(self, rng: Any, function: str) -> arrivals.Schedule:
+    def schedule(self, rng: random.Random | None, function: str) -> arrivals.Schedule:  # rng: poisson's
         if self.pattern is Pattern.FIXED:
             return arrivals.fixed(self.count or 0, self.interval, function)
         if self.pattern is Pattern.CLOSED:
             return arrivals.closed(self.clients, self.count, self.duration, function)
         if self.pattern is Pattern.POISSON:
-            assert self.rate is not None and self.duration is not None
+            assert self.rate is not None and self.duration is not None and rng is not None
             return arrivals.poisson(self.rate, self.duration, rng, function)
         return arrivals.replay(self.trace, self.speed, self.limit)
 
@@ -133,7 +133,7 @@ class Placement:
 class Step:
     name: str
     kind: str
-    spec: Any  # the kind's spec_type (a Kind[SpecT] parses it; varies with the kind)
+    spec: object  # the kind's spec_type (a Kind[SpecT] parses it; varies with the kind)
     on: tuple[str, ...]
     timeout: float
 
@@ -143,7 +143,7 @@ class Workload:
     name: str  # with the sweep values: matmul[instances=2]
     base: str  # as written: matmul
     kind: str
-    spec: Any  # the kind's spec_type (a Kind[SpecT] parses it; varies with the kind)
+    spec: object  # the kind's spec_type (a Kind[SpecT] parses it; varies with the kind)
     arrival: Arrival
     placement: Placement | None
     params: dict[str, Scalar]  # the workload's own, then the sweep values
@@ -180,7 +180,7 @@ class Scenario:
     assertions: tuple[assertions.Assertion, ...]
     parallel_workloads: bool
     memory_interval: float
-    resolved: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+    resolved: dict[str, Yaml] = field(repr=False, compare=False, default_factory=dict)
     topology_doc: Document | None = field(repr=False, compare=False, default=None)
 
     def mode(self, name: str) -> Mode:

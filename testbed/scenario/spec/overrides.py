@@ -6,11 +6,10 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
-from typing import Any
 
 import yaml
 
-from testbed.config.yamlfile import Document, KeyPath, Refused, dotted, load_value
+from testbed.config.yamlfile import Document, KeyPath, Refused, Yaml, dotted, load_value
 from testbed.errors import ConfigError, UserError
 from testbed.scenario.spec.model import MAX_SET_DEPTH, cut
 
@@ -30,7 +29,7 @@ _INDEX_RE = re.compile(r"^[0-9]{1,9}\Z")
 
 
 
-def _set_path(data: Any, path: str, value: Any) -> KeyPath:
+def _set_path(data: Yaml, path: str, value: Yaml) -> KeyPath:
     parts = path.split(".")
     if not path or any(not p for p in parts):
         raise UserError(f"--set {path}=...: a dotted path such as repetitions or workloads.matmul.arrival.rate")
