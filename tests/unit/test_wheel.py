@@ -72,3 +72,30 @@ def test_an_installed_copy_loads_a_bundled_topology(installed: Path) -> None:
     code = ("from testbed import paths; from testbed.config import topology as t; "
             "topo = t.load(paths.DATA / 'testbeds' / 'two-node.yaml', t.host_facts()); print(topo.name, topo.image)")
     assert _python(installed, code) == "two-node bookworm"
+
+
+def _testbed(installed: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(installed), "HOME": "/tmp",
+           "CXLTB_STATE_DIR": str(installed / "state"), "CXLTB_CACHE_DIR": str(installed / "cache")}
+    return subprocess.run([sys.executable, "-m", "testbed", *args], cwd="/tmp", env=env, capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL)
+
+
+def test_an_installed_copy_validates_and_dry_runs_from_outside_the_tree(installed: Path) -> None:
+    data = installed / "testbed" / "_data"
+    v = _testbed(installed, "validate", str(data / "testbeds" / "two-node.yaml"))
+    assert v.returncode == 0 and "two-node" in v.stdout, v.stderr
+    s = _testbed(installed, "validate", str(data / "scenarios" / "smoke.yaml"))
+    assert s.returncode == 0 and "smoke" in s.stdout, s.stderr
+    d = _testbed(installed, "up", "-f", str(data / "testbeds" / "two-node.yaml"), "--dry-run")
+    assert d.returncode == 0 and "<domain" in d.stdout and "Traceback" not in d.stderr, d.stderr
+    assert not (installed / "state").exists()  # a dry run creates nothing
+
+
+def test_an_installed_copy_runs_doctor_from_outside_the_tree(installed: Path) -> None:
+    d = _testbed(installed, "doctor", "--json")
+    assert d.returncode in (0, 1) and "Traceback" not in d.stderr, d.stderr
+    import json
+
+    checks = json.loads(d.stdout)
+    assert checks and all({"name", "ok"} <= set(c) for c in checks)
