@@ -99,3 +99,28 @@ def test_an_installed_copy_runs_doctor_from_outside_the_tree(installed: Path) ->
 
     checks = json.loads(d.stdout)
     assert checks and all({"name", "ok"} <= set(c) for c in checks)
+
+
+def test_the_agent_installs_as_its_own_package_and_serves(tmp_path: Path) -> None:
+    # tbagent and tbproto are wheels of their own (what a bare-metal node installs), and the
+    # installed agent answers a request with nothing from the checkout on its path.
+    wheels = tmp_path / "wheels"
+    for pkg in ("protocol", "guest-agent"):
+        src = tmp_path / "src" / pkg
+        shutil.copytree(REPO / pkg, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(src)],
+                       check=True, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheels),
+                    "--target", str(site), "tbagent"], check=True, capture_output=True, text=True, timeout=600,
+                   stdin=subprocess.DEVNULL)
+    assert {"tbagent", "tbproto"} <= {p.name for p in site.iterdir()} and (site / "bin" / "tbagent").exists()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(site), "HOME": "/tmp"}
+    p = subprocess.run([sys.executable, "-c", "import sys; from tbagent.cli import main; sys.exit(main())", "serve"],
+                       input='{"v": 1, "id": 1, "op": "ping", "args": {}}\n', cwd="/tmp", env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    import json
+
+    reply = json.loads(p.stdout.splitlines()[0])
+    assert reply["id"] == 1 and reply["ok"] and reply["result"]["protocol"] == 1
