@@ -10,7 +10,8 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+
+from tbproto.jsontypes import Json, JsonObject
 
 
 def hash_files(paths: Iterable[Path], root: Path, extra: Iterable[str] = ()) -> str:
@@ -44,11 +45,11 @@ def building(final: Path) -> Iterator[Path]:
         raise
 
 
-def listing(folder: Path) -> list[dict[str, Any]]:
+def listing(folder: Path) -> list[JsonObject]:
     """The meta.json of every artefact under folder, each with its directory as "dir"."""
     rows = []
     for meta in sorted(folder.glob("*/meta.json")):
-        data: dict[str, Any] = read_json(meta)
+        data: JsonObject = read_json(meta)
         data["dir"] = str(meta.parent)
         rows.append(data)
     return rows
@@ -62,11 +63,11 @@ def ccache_env(root: Path, basedir: Path) -> dict[str, str]:
             "CCACHE_MAXSIZE": "5G"}
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Json) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path) -> Json:
     return json.loads(path.read_text())

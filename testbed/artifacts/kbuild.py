@@ -11,7 +11,8 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from tbproto.jsontypes import JsonObject
 
 from testbed import paths
 from testbed.artifacts import buildlog, cache, patchseries
@@ -57,7 +58,7 @@ def fragments(debug: bool) -> list[Path]:
     return [FRAGMENT, *(DEBUG_FRAGMENTS if debug else ())]
 
 
-def build_key(version: str, debug: bool = False) -> dict[str, Any]:
+def build_key(version: str, debug: bool = False) -> JsonObject:
     patches = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in series()}
     config = hashlib.sha256(b"".join(f.read_bytes() for f in fragments(debug))
                             + "|".join(BASE_TARGETS).encode()).hexdigest()
@@ -86,7 +87,7 @@ def _configure(tree: Path, env: dict[str, str], debug: bool) -> str:
     return hashlib.sha256(config.encode()).hexdigest()[:16]
 
 
-def cached(kind: KernelKind = KernelKind.MM_TEMPLATE) -> list[dict[str, Any]]:
+def cached(kind: KernelKind = KernelKind.MM_TEMPLATE) -> list[JsonObject]:
     return cache.listing(paths.cache_root() / "kernels")
 
 

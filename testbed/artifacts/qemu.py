@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from tbproto.jsontypes import JsonObject
 
 from testbed import paths
 from testbed.artifacts import buildlog, cache, patchseries
@@ -56,7 +57,7 @@ def series() -> list[Path]:
     return patchseries.read(PATCHES, "the patched QEMU")
 
 
-def build_key(tarball_sha: str) -> dict[str, Any]:
+def build_key(tarball_sha: str) -> JsonObject:
     patches = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in series()}
     flags = "|".join(CONFIGURE)
     key = hashlib.sha256(f"{tarball_sha}|{sorted(patches.items())}|{flags}|{RECIPE}".encode()).hexdigest()[:12]
@@ -126,7 +127,7 @@ def debian() -> Emulator:
     return Emulator(QemuKind.DEBIAN, DEBIAN_EMULATOR, _version(DEBIAN_EMULATOR))
 
 
-def cached() -> list[dict[str, Any]]:
+def cached() -> list[JsonObject]:
     return cache.listing(paths.cache_root() / "qemu")
 
 

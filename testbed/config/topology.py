@@ -8,12 +8,12 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 import yaml
+from tbproto.jsontypes import JsonObject
 
 from testbed import paths
-from testbed.config.yamlfile import Document, KeyPath, Size, convert, from_mapping, load_document
+from testbed.config.yamlfile import Document, KeyPath, Size, Yaml, convert, from_mapping, load_document
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -115,7 +115,7 @@ class NetworkSpec:
 @dataclass(frozen=True)
 class RawTopology:
     name: str
-    nodes: Any
+    nodes: Yaml  # the node list as written: parsed by _nodes with line-tracked errors
     mhds: tuple[MhdSpec, ...] = ()
     image: str = "bookworm"
     kernel: str = str(KernelKind.MM_TEMPLATE)  # a kind, or the path of the user's own bzImage
@@ -179,7 +179,7 @@ class Topology:
             m.size for m in self.mhds if m.backing is Backing.SHM
         )
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return dataclasses.asdict(self) | {"text": None}
 
 
@@ -203,7 +203,7 @@ def host_facts() -> HostFacts:
     return HostFacts(info.get("MemAvailable", 0), os.cpu_count() or 1, hp)
 
 
-def _nodes(doc: Document, raw: Any) -> list[tuple[NodeSpec, KeyPath]]:
+def _nodes(doc: Document, raw: Yaml) -> list[tuple[NodeSpec, KeyPath]]:
     kp: KeyPath = ("nodes",)
     if isinstance(raw, bool) or raw is None:
         raise doc.error(kp, "expected a count, a mapping with count, or a list of nodes")
@@ -394,7 +394,7 @@ def load(path: Path | str, host: HostFacts | None = None, text: str | None = Non
 
 def renamed_topology(path: str | Path, name: str, tmp: Path) -> Path:
     """A copy of a topology file under another testbed name (tests and benches use their own names)."""
-    data: dict[str, Any] = yaml.safe_load(Path(path).read_text())
+    data: dict[str, Yaml] = yaml.safe_load(Path(path).read_text())
     data["name"] = name
     # Paths in the file are relative to its folder, which the copy does not share.
     for key in ("kernel", "modules"):

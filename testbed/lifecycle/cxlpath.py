@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any
 
 import libvirt
 import libvirt_qemu
+from tbproto.jsontypes import Json, JsonObject
 
 from testbed.config.topology import CxlPath
 from testbed.lifecycle import render
+from testbed.lifecycle.state import State
 
 
 class Observed(StrEnum):
@@ -41,11 +42,11 @@ class HeadPath:
     def fell_back(self) -> bool:
         return self.configured == CxlPath.DIRECT and self.observed is not Observed.DIRECT
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return asdict(self) | {"observed": str(self.observed), "fell_back": self.fell_back}
 
 
-def qom_get(dom: libvirt.virDomain, path: str, prop: str) -> Any:
+def qom_get(dom: libvirt.virDomain, path: str, prop: str) -> Json:
     """One QMP qom-get; raises LookupError with QEMU's message when QEMU refuses it."""
     cmd = {"execute": "qom-get", "arguments": {"path": path, "property": prop}}
     reply = json.loads(libvirt_qemu.qemuMonitorCommand(dom, json.dumps(cmd), 0))
@@ -104,14 +105,14 @@ def configured_paths(topology_file: str, topology_text: str) -> dict[str, str]:
     return {m.name: str(m.path) for m in topo.mhds}
 
 
-def for_state(conn: libvirt.virConnect, state: Any) -> list[HeadPath]:
+def for_state(conn: libvirt.virConnect, state: State) -> list[HeadPath]:
     """Every head of a testbed's recorded state (a state.State)."""
     configured = configured_paths(state.topology_file, state.topology_text)
     nodes = {ns.name: (ns.domain, list(ns.mhds)) for ns in state.nodes.values()}
     return testbed_paths(conn, nodes, configured)
 
 
-def read_for_state(state: Any) -> list[dict[str, Any]]:
+def read_for_state(state: State) -> list[JsonObject]:
     """for_state on a fresh libvirt connection, as plain dicts (what results record)."""
     from testbed.lifecycle import daemons
 

@@ -8,7 +8,8 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+
+from tbproto.jsontypes import Json, JsonObject
 
 from testbed import paths
 from testbed.errors import UserError
@@ -57,7 +58,7 @@ class State:
     owner_uid: int = field(default_factory=lambda: owner_mod.caller().uid)
     owner_name: str = field(default_factory=lambda: owner_mod.caller().name)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         return asdict(self)
 
     @classmethod
@@ -87,13 +88,13 @@ def gdb_line(node: str, port: int) -> str:
 
 # --- parsing helpers: each raises ValueError naming the field that is wrong ---------------
 
-def _object(v: object, what: str) -> dict[str, Any]:
+def _object(v: object, what: str) -> JsonObject:
     if not isinstance(v, dict):
         raise ValueError(f"{what}: expected a JSON object, found {type(v).__name__}")
     return v
 
 
-def _list(v: object, what: str) -> list[Any]:
+def _list(v: object, what: str) -> list[Json]:
     if not isinstance(v, list):
         raise ValueError(f"{what}: expected a JSON list, found {type(v).__name__}")
     return v

@@ -11,7 +11,9 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from tbproto.jsontypes import JsonObject
 
 from testbed.config.topology import HostFacts, Topology
 
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
     from testbed.ui.dryrun import Artifacts
 
 Progress = Callable[[str, str], None]  # (phase, message)
-JsonDict = dict[str, Any]  # status and cache listings: JSON for `--json` and the tables
+JsonDict = JsonObject  # status and cache listings: JSON for `--json` and the tables
 
 
 class LoadTopology(Protocol):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import libvirt
+from tbproto.jsontypes import JsonObject
 
 from testbed import paths
 from testbed.errors import NodeError, UserError
@@ -23,21 +23,21 @@ DOMAIN_STATES = {
 }
 
 
-def _guest_info(tb: Testbed, node: str) -> dict[str, Any]:
+def _guest_info(tb: Testbed, node: str) -> JsonObject:
     try:
         out = tb.node(node).run(["tbagent", "info"], timeout=30).stdout
-        data: dict[str, Any] = json.loads(out)
+        data: JsonObject = json.loads(out)
         return data
     except (NodeError, ValueError) as exc:
         return {"error": str(exc)}
 
 
-def testbed_status(conn: libvirt.virConnect, testbed: str, probe: bool = True) -> dict[str, Any]:
+def testbed_status(conn: libvirt.virConnect, testbed: str, probe: bool = True) -> JsonObject:
     layout = names.Layout(testbed)
     state = st.load(layout)
     if state is None:
         raise UserError(f"no testbed named {testbed!r} (known: {', '.join(st.known_testbeds(paths.state_root())) or 'none'})")
-    nodes: list[dict[str, Any]] = []
+    nodes: list[JsonObject] = []
     running: dict[str, st.NodeState] = {}
     for ns in state.nodes.values():
         try:
@@ -72,7 +72,7 @@ def testbed_status(conn: libvirt.virConnect, testbed: str, probe: bool = True) -
             "timings": state.timings, "nodes": nodes, "cxl_paths": heads}
 
 
-def _status_or_error(conn: libvirt.virConnect, testbed: str, probe: bool) -> dict[str, Any]:
+def _status_or_error(conn: libvirt.virConnect, testbed: str, probe: bool) -> JsonObject:
     try:
         return testbed_status(conn, testbed, probe)
     except st.CorruptState as exc:
@@ -80,6 +80,6 @@ def _status_or_error(conn: libvirt.virConnect, testbed: str, probe: bool) -> dic
         return {"testbed": testbed, "phase": "corrupt", "error": str(exc), "nodes": []}
 
 
-def all_status(testbeds: list[str], probe: bool = True) -> list[dict[str, Any]]:
+def all_status(testbeds: list[str], probe: bool = True) -> list[JsonObject]:
     with daemons.connection() as conn:
         return [_status_or_error(conn, t, probe) for t in testbeds]
