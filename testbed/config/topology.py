@@ -10,6 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import yaml
+from tbproto import meminfo
 from tbproto.jsontypes import JsonObject
 
 from testbed import paths
@@ -195,12 +196,9 @@ class HostFacts:
 def host_facts() -> HostFacts:
     import os
 
-    info: dict[str, int] = {}
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        info[key] = int(rest.split()[0]) * 1024 if rest.split() else 0
-    hp = info.get("HugePages_Free", 0) // 1024 * info.get("Hugepagesize", 0)
-    return HostFacts(info.get("MemAvailable", 0), os.cpu_count() or 1, hp)
+    info = meminfo.parse(Path("/proc/meminfo").read_text())  # kB; HugePages_Free is a count
+    hp = info.get("HugePages_Free", 0) * info.get("Hugepagesize", 0) * 1024
+    return HostFacts(info.get("MemAvailable", 0) * 1024, os.cpu_count() or 1, hp)
 
 
 def _nodes(doc: Document, raw: Yaml) -> list[tuple[NodeSpec, KeyPath]]:
