@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="machine-readable output")
     sub.add_parser(Verb.SETUP, help="make the host changes doctor reports (/dev/kvm permissions), saying each")
     demo = sub.add_parser(Verb.DEMO, help="up, prove cross-head sharing, print a summary, down")
-    demo.add_argument("-f", "--file", type=Path, default=Path("testbeds/two-node.yaml"))
+    demo.add_argument("-f", "--file", type=Path, help="topology YAML (default: the bundled two-node testbed)")
     demo.add_argument("--keep", action="store_true", help="leave the testbed up")
     img = sub.add_parser(Verb.IMAGE, help="build the guest image (cached by recipe hash)")
     img.add_argument("name", nargs="?", default="bookworm")
@@ -242,7 +242,10 @@ def cmd_setup(args: argparse.Namespace, ops: Ops) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, ops: Ops) -> int:
-    topo = ops.load_topology(args.file, ops.host_facts())
+    from testbed import paths
+
+    # The bundled default works from any folder and from an installed wheel.
+    topo = ops.load_topology(args.file or paths.DATA / "testbeds" / "two-node.yaml", ops.host_facts())
     t0 = time.monotonic()
     tb: Testbed | None = None
     try:

@@ -356,3 +356,19 @@ def test_an_interrupt_outside_a_transaction_claims_no_rollback(capsys: pytest.Ca
     assert cli.main(["down", "tb"], ops=cli.Ops(down=down)) == 130
     err = capsys.readouterr().err
     assert "rolled back" not in err and "testbed down NAME" in err
+
+
+def test_demo_without_a_file_uses_the_bundled_topology_from_any_folder(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from testbed import paths
+
+    monkeypatch.chdir(tmp_path)  # no testbeds/ here
+    loaded: list[Path] = []
+
+    def load(path: Path, host: HostFacts | None = None, /) -> Topology:
+        loaded.append(Path(path))
+        raise UserError("stop here")
+
+    ops = cli.Ops(host_facts=lambda: HostFacts(64 << 30, 8), load_topology=load)
+    assert cli.main(["demo"], ops=ops) == 2
+    assert loaded == [paths.DATA / "testbeds" / "two-node.yaml"] and loaded[0].is_file()
