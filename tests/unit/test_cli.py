@@ -5,15 +5,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import paramiko
 import pytest
 
 from testbed.access.node import ChannelNode, Result, SshEndpoint
 from testbed.lifecycle import state as st
 from testbed.ui import cli
 
+from .fakenodes import NoChannels
 
-class FakeGuest:
+
+class FakeGuest(NoChannels):
     def __init__(self, name: str, codes: dict[str, int]) -> None:
         self.name = name
         self.codes = codes
@@ -21,15 +22,6 @@ class FakeGuest:
     def run(self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
             stream: bool = False) -> Result:
         return Result(self.name, tuple(argv), self.codes[self.name], f"out of {self.name}\n", "", 0.0)
-
-    def put(self, local: Path, remote: str) -> None:
-        raise AssertionError("not used")
-
-    def get(self, remote: str, local: Path) -> None:
-        raise AssertionError("not used")
-
-    def open_channel(self, command: str, timeout: float) -> paramiko.Channel:
-        raise AssertionError("not used")
 
 
 def _state() -> st.State:

@@ -9,7 +9,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import paramiko
 import pytest
 
 from testbed.access.node import ChannelNode, Result, SshEndpoint
@@ -18,6 +17,8 @@ from testbed.errors import Interrupted, NodeError, Unreachable
 from testbed.lifecycle import names, provision
 from testbed.lifecycle import state as st
 from testbed.ui import cli, scenario_commands
+
+from .fakenodes import NoChannels
 
 
 @pytest.fixture
@@ -113,7 +114,7 @@ def test_up_keep_on_failure_flag_picks_the_keeping_up(roots: Path) -> None:
     assert used == ["tb"]
 
 
-class DmesgGuest:
+class DmesgGuest(NoChannels):
     def __init__(self, name: str, events: list[str]) -> None:
         self.name = name
         self.events = events
@@ -124,15 +125,6 @@ class DmesgGuest:
         if self.name == "n1":
             raise Unreachable("n1: cannot connect to 127.0.0.1:4001")
         return Result(self.name, tuple(argv), 0, f"[    0.1] {self.name} booted\n", "", 0.0)
-
-    def put(self, local: Path, remote: str) -> None:
-        raise AssertionError("not used")
-
-    def get(self, remote: str, local: Path) -> None:
-        raise AssertionError("not used")
-
-    def open_channel(self, command: str, timeout: float) -> paramiko.Channel:
-        raise AssertionError("not used")
 
 
 def test_results_get_each_nodes_console_and_dmesg_before_the_teardown(roots: Path) -> None:

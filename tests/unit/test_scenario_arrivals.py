@@ -114,7 +114,11 @@ def test_load_trace(tmp_path: Path) -> None:
     ("time,function\n", 1, "", "no events"),
 ])
 def test_load_trace_errors(tmp_path: Path, text: str, line: int, field: str, message: str) -> None:
-    p = tmp_path / "t.csv"
+    assert_trace_error(tmp_path / "t.csv", text, line, field, message)
+
+
+def assert_trace_error(p: Path, text: str, line: int, field: str, message: str) -> None:
+    """A trace with this text is refused with one error naming the file, line and field."""
     p.write_text(text)
     with pytest.raises(ConfigError) as info:
         arrivals.load_trace(p)
@@ -201,12 +205,7 @@ def test_azure2019_window_and_spread(tmp_path: Path) -> None:
     ("a,b,c\n1,2,3\n", 1, "", "unknown trace format"),
 ])
 def test_azure_trace_errors(tmp_path: Path, text: str, line: int, field: str, message: str) -> None:
-    p = tmp_path / "az.csv"
-    p.write_text(text)
-    with pytest.raises(ConfigError) as info:
-        arrivals.load_trace(p)
-    assert (info.value.path, info.value.line, info.value.field) == (str(p), line, field)
-    assert message in info.value.message
+    assert_trace_error(tmp_path / "az.csv", text, line, field, message)
 
 
 def test_azure_trace_size_is_bounded(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from testbed.scenario.run.executor import Options, metrics_of, run
 from testbed.scenario.run.seam import Backend, PhaseReporter
 from testbed.scenario.spec import arrivals, schema
 
+from .fakenodes import NoFiles
 from .test_scenario_executor import World, scenario
 
 
@@ -125,7 +126,7 @@ def test_meminfo_parses_values_and_skips_garbage() -> None:
     assert sampler.meminfo(text) == {"MemTotal": 1000, "MemAvailable": 800, "HugePages_Total": 4}
 
 
-class MemNode:
+class MemNode(NoFiles):
     name = "node0"
 
     def __init__(self, stdout: str) -> None:
@@ -134,12 +135,6 @@ class MemNode:
     def run(self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
             stream: bool = False) -> Result:
         return Result(self.name, tuple(argv), 0, self.stdout, "", 0.0)
-
-    def put(self, local: Path, remote: str) -> None:
-        raise AssertionError("no file copies here")
-
-    def get(self, remote: str, local: Path) -> None:
-        raise AssertionError("no file copies here")
 
 
 def test_memory_read_and_unreadable() -> None:

@@ -22,6 +22,7 @@ from testbed.lifecycle import cxlpath
 from testbed.lifecycle import state as st
 from testbed.ui import cli
 
+from .fakenodes import NoChannels
 from .qmp_replay import Conn, monitor
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,7 +66,7 @@ class World:
         return Result(node, tuple(argv), code, out, f"\n@@cxltb-timer {t0} {time.time_ns()}\n", 0.0)
 
 
-class FakeNode:
+class FakeNode(NoChannels):
     def __init__(self, world: World, name: str) -> None:
         self.world, self.name = world, name
 
@@ -74,15 +75,6 @@ class FakeNode:
 
     def run(self, argv: Sequence[str], *, check: bool = True, timeout: float | None = None, stream: bool = False) -> Result:
         return self.world.run(self.name, argv, timeout)
-
-    def put(self, local: Path, remote: str) -> None:
-        raise AssertionError("the executor copies no files")
-
-    def get(self, remote: str, local: Path) -> None:
-        raise AssertionError("the executor copies no files")
-
-    def open_channel(self, command: str, timeout: float) -> Any:
-        raise AssertionError("the fake agent needs no channel")
 
 
 class FakeAgent:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +16,10 @@ from testbed.scenario.kinds import KINDS
 from testbed.scenario.kinds.agent import AgentKind, AgentSpec
 from testbed.scenario.kinds.base import Agent, Failure, Target, agent_session, refused, run_argv, tail, template_strings
 
+from .fakenodes import NoFiles
 
-class Node:
+
+class Node(NoFiles):
     def __init__(self, exc: BaseException | None = None) -> None:
         self.name, self.exc = "node0", exc
 
@@ -27,12 +28,6 @@ class Node:
         if self.exc is not None:
             raise self.exc
         return Result(self.name, tuple(argv), 0, "{}\n", "", 0.0)
-
-    def put(self, local: Path, remote: str) -> None:
-        raise AssertionError("no file copies here")
-
-    def get(self, remote: str, local: Path) -> None:
-        raise AssertionError("no file copies here")
 
 
 class FakeAgent:
