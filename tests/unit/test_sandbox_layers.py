@@ -64,3 +64,26 @@ def test_limits_map_to_cgroup_files() -> None:
     assert parse_size("1G") == 1 << 30 and parse_size("64k") == 64 << 10 and parse_size(5) == 5
     with pytest.raises(ValueError):
         parse_size("lots")
+
+
+def test_threads_making_one_function_layer_at_once_all_get_it_whole(tmp_path: Path) -> None:
+    # The agent and the pool daemon serve requests on threads of one process: several may make
+    # the same function's layer at once (the azure-replay scenario did), and none may fail.
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    hello = spec("hello")
+    for i in range(20):
+        store = tmp_path / f"s{i}"
+        start = threading.Barrier(8)
+
+        def make(_: int, store: Path = store, start: threading.Barrier = start) -> Path:
+            start.wait()
+            return layers.function_layer(hello, store)
+
+        with ThreadPoolExecutor(8) as pool:
+            made = set(pool.map(make, range(8)))
+        (path,) = made
+        assert (path / "function/meta.json").is_file() and (path / "function/handler.py").is_file()
+        assert oct(path.stat().st_mode & 0o777) == "0o755"
+        assert [p.name for p in store.joinpath("fn").iterdir()] == [path.name]  # no work folder left

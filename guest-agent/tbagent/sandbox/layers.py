@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from tbagent.functions import FunctionSpec
@@ -88,8 +89,11 @@ def function_layer(spec: FunctionSpec, store: Path | None = None) -> Path:
     final = (store or paths.STORE) / "fn" / layer_id(spec)
     if final.exists():
         return final
-    work = final.with_name(final.name + f".tmp{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # A work folder of its own per call: threads of one process (the agent and the pool daemon
+    # serve requests concurrently) share a pid, so a pid-named folder was built by two at once.
+    work = Path(tempfile.mkdtemp(prefix=final.name + ".tmp", dir=final.parent))
+    work.chmod(0o755)  # as a plain mkdir makes it: sandboxes read their layers
     for rel, data in layer_files(spec).items():
         (work / rel).parent.mkdir(parents=True, exist_ok=True)
         (work / rel).write_bytes(data)
