@@ -28,8 +28,7 @@ from testbed.lifecycle import hostsetup, owner
 from testbed.lifecycle import state as st
 from testbed.ui import node_commands as node_cmds
 from testbed.ui.ops import Ops as Ops
-from testbed.ui.progress import ERR
-from testbed.ui.progress import PhaseProgress as PhaseProgress  # the executor's import, until it takes a factory
+from testbed.ui.progress import ERR, PhaseProgress
 
 if TYPE_CHECKING:
     from testbed.lifecycle.testbed import Testbed

@@ -170,25 +170,23 @@ class Answer:
 def request(agent: Exchanger, op: str, **args: Json) -> Answer:
     """One agent request; Refused when the agent answers an error, Failure when the session or
     the node fails."""
-    t0 = time.perf_counter()
-    try:
-        ex = agent.exchange(op, args)
-    except AgentError as exc:
-        raise Refused(str(exc), (time.perf_counter() - t0) * 1e3) from None
-    except Exception as exc:
-        node_failure(exc, f"agent {op}")
-    return Answer(ex.result, (time.perf_counter() - t0) * 1e3, ex.op_ms)
+    return _exchange(agent, op, args, None)
 
 
 def call(agent: Exchanger, req: object, timeout: float | None = None) -> Answer:
     """A typed request (a tbproto request object): the Answer's result is the op's reply type.
     Refused and Failure as for request(); ProtocolError when the reply does not decode."""
     op = next(o for o in OPS.values() if o.request is type(req))
+    answer = _exchange(agent, op.name, encode(req), timeout)
+    return Answer(decode_as(op.reply, answer.result, op.name), answer.ms, answer.agent_ms)
+
+
+def _exchange(agent: Exchanger, op: str, args: JsonObject, timeout: float | None) -> Answer:
     t0 = time.perf_counter()
     try:
-        ex = agent.exchange(op.name, encode(req), timeout)
+        ex = agent.exchange(op, args, timeout)
     except AgentError as exc:
         raise Refused(str(exc), (time.perf_counter() - t0) * 1e3) from None
     except Exception as exc:
-        node_failure(exc, f"agent {op.name}")
-    return Answer(decode_as(op.reply, ex.result, op.name), (time.perf_counter() - t0) * 1e3, ex.op_ms)
+        node_failure(exc, f"agent {op}")
+    return Answer(ex.result, (time.perf_counter() - t0) * 1e3, ex.op_ms)
