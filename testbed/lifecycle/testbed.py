@@ -66,6 +66,7 @@ class Testbed:
         self.state = state
         self.created = created  # whether the `up` that made this object brought the testbed up
         self.down_seconds: float | None = None  # how long the teardown took, once it ran
+        self.kept = False  # keep() was called: the teardown `up` would do is skipped
         self._topology = topology
         self._connect = connect
         self._agent = agent
@@ -92,7 +93,7 @@ class Testbed:
         tb = cls(state, topology=topology, connect=connect, agent=agent, created=created)
         with ExitStack() as stack:
             if created and not keep:
-                stack.callback(tb._teardown, down or provision.down)
+                stack.callback(tb._teardown_unless_kept, down or provision.down)
             stack.enter_context(tb)  # sessions close before the teardown
             yield tb
 
@@ -105,7 +106,14 @@ class Testbed:
             raise UserError(f"no testbed named {name!r}; see `testbed status`")
         return cls(state, connect=connect, agent=agent)
 
-    def _teardown(self, down: Down) -> None:
+    def keep(self) -> None:
+        """Leave the testbed up when the context ends, even if this call brought it up (a run
+        that failed under --keep-on-failure)."""
+        self.kept = True
+
+    def _teardown_unless_kept(self, down: Down) -> None:
+        if self.kept:
+            return
         t0 = time.monotonic()
         down(self.name)
         self.down_seconds = time.monotonic() - t0

@@ -128,7 +128,7 @@ def cmd_up(args: argparse.Namespace, ops: Ops) -> int:
     if args.dry_run:
         from testbed.ui import dryrun
 
-        sys.stdout.write(dryrun.topology_text(topo, ops.locate_artifacts(topo)))
+        sys.stdout.write(dryrun.topology_text(topo, ops.locate_artifacts(topo), ops.native_argv))
         return 0
     t0 = time.monotonic()
     with owner.forcing(args.force), PhaseProgress(topo.name, len(topo.nodes)) as progress, \

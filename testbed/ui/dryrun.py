@@ -1,12 +1,14 @@
-"""What `up --dry-run` and `run --dry-run` print: per node the domain XML and the QEMU arguments
-we add, the objects `up` would create in order, and for a scenario its schedule. Nothing here
-creates a file, builds an artefact or talks to libvirt: artefacts are looked up in the cache
-read-only, and what is not built yet is named by where it would go."""
+"""What `up --dry-run` and `run --dry-run` print: per node the domain XML, the QEMU command line,
+the objects `up` would create in order, and for a scenario its schedule. Nothing here creates a
+file or builds an artefact: artefacts are looked up in the cache read-only, and what is not built
+yet is named by where it would go. QEMU's full command line is libvirt's to make: it is asked
+for (virConnectDomainXMLToNative, which defines nothing) only from a libvirtd that is already
+running; otherwise the arguments we add are printed alone."""
 
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,12 @@ from testbed.scenario.spec import arrivals
 from testbed.scenario.spec.model import Scenario, Step
 
 PLACEHOLDER_PORT = 0  # ssh ports are picked free at `up`
+# domain XML -> QEMU's full command line from libvirt, or (None, why not)
+NativeArgv = Callable[[str], tuple[str | None, str]]
+
+
+def no_native_argv(xml: str) -> tuple[str | None, str]:
+    return None, "not asked"
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,7 @@ def plan(topo: Topology) -> list[str]:
     return steps
 
 
-def topology_text(topo: Topology, arts: Artifacts) -> str:
+def topology_text(topo: Topology, arts: Artifacts, native_argv: NativeArgv = no_native_argv) -> str:
     accel = Accel.TCG if topo.accelerator is Accel.AUTO else topo.accelerator
     layout = names.Layout(topo.name)
     parts = [f"# dry run of testbed {topo.name} ({topo.source}): nothing is created"]
@@ -92,12 +100,17 @@ def topology_text(topo: Topology, arts: Artifacts) -> str:
         parts.append(f"\n## node {node.name}: domain XML")
         parts.append(xml.rstrip("\n"))
         parts.append(f"\n## node {node.name}: QEMU")
-        # The full command line is libvirt's (virConnectDomainXMLToNative needs a connection,
-        # which may start libvirtd): the emulator and the arguments we add are what we decide.
         parts.append(f"emulator: {arts.emulator}")
         parts.append("arguments added to libvirt's own (qemu:commandline):")
         parts.append(shlex.join(render.qemu_args(topo, node, PLACEHOLDER_PORT, layout)))
-        parts.append("(the full command line: save the XML and run `virsh domxml-to-native qemu-argv FILE`)")
+        argv, why = native_argv(xml)
+        if argv is not None:
+            parts.append("full command line (libvirt's domxml-to-native; paths under "
+                         "/var/lib/libvirt/qemu/domain--1-* are made at start):")
+            parts.append(argv.rstrip("\n"))
+        else:
+            parts.append(f"(no full command line: {why}; save the XML and run "
+                         "`virsh domxml-to-native qemu-argv FILE` once libvirtd runs)")
     return "\n".join(parts) + "\n"
 
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from testbed.lifecycle.sharing import SharingResult
     from testbed.lifecycle.state import State
     from testbed.lifecycle.testbed import AgentFactory, Connect, LoadState, Testbed, Up
-    from testbed.ui.dryrun import Artifacts
+    from testbed.ui.dryrun import Artifacts, NativeArgv
 
 Progress = Callable[[str, str], None]  # (phase, message)
 JsonDict = JsonObject  # status and cache listings: JSON for `--json` and the tables
@@ -176,6 +176,25 @@ def _cxl_paths(state: State) -> list[JsonDict]:
     return cxlpath.read_for_state(state)
 
 
+def _native_argv(xml: str) -> tuple[str | None, str]:
+    """QEMU's command line for a domain XML from a libvirtd that is already running (a dry run
+    starts nothing); libvirt defines nothing to answer. Read-only connections may not ask."""
+    import libvirt
+
+    from testbed.lifecycle.daemons import URI
+
+    try:
+        conn = libvirt.open(URI)
+    except libvirt.libvirtError:
+        return None, f"libvirtd is not running ({URI})"
+    try:
+        return str(conn.domainXMLToNative("qemu-argv", xml, 0)), ""
+    except libvirt.libvirtError as exc:
+        return None, f"libvirt could not make it: {exc.get_error_message()}"
+    finally:
+        conn.close()
+
+
 def _locate_artifacts(topo: Topology) -> Artifacts:
     from testbed.ui import dryrun
 
@@ -218,6 +237,7 @@ class Ops:
     read_stdin: Callable[[], bytes | None] = _read_stdin
     sleep: Callable[[float], None] = time.sleep  # console --follow's poll
     locate_artifacts: Callable[[Topology], Artifacts] = _locate_artifacts  # read-only, for --dry-run
+    native_argv: NativeArgv = _native_argv  # libvirt's QEMU command line, for --dry-run
 
     def attach(self, name: str) -> Testbed:
         from testbed.lifecycle.testbed import Testbed

@@ -52,12 +52,12 @@ def capture_nodes(tb: Testbed, out: Path) -> list[str]:
     return problems
 
 
-def capturing(ops: Ops, out: Path) -> OpenTestbed:
+def capturing(ops: Ops, out: Path, keep_on_failure: bool = False) -> OpenTestbed:
     """ops.open_testbed, which also captures the nodes' console logs and dmesg into out before
-    leaving (and so before a teardown)."""
+    leaving (and so before a teardown). keep_on_failure: a failed up leaves its nodes up."""
     @contextlib.contextmanager
     def open_testbed(topology: Topology, keep: bool, progress: Progress | None = None) -> Iterator[Testbed]:
-        with ops.open_testbed(topology, keep, progress) as tb:
+        with ops.open_testbed(topology, keep, progress, keep_on_failure) as tb:
             try:
                 yield tb
             finally:
@@ -78,6 +78,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value: a dotted path, the value read as YAML (repeatable)")
     p.add_argument("--keep", action="store_true", help="leave the testbed up (if the run brought it up)")
+    p.add_argument("--keep-on-failure", action="store_true",
+                   help="if the up or the run fails, leave the testbed up to look at (Ctrl-C still rolls back)")
     p.add_argument("--out", type=Path, help="results folder (default: results/NAME-TIME)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run in DIR")
     p.add_argument("--dry-run", action="store_true",
@@ -127,15 +129,16 @@ def cmd_run(args: argparse.Namespace, ops: Ops) -> int:
     if args.dry_run:
         from testbed.ui import dryrun
 
-        sys.stdout.write(dryrun.topology_text(scn.topology, ops.locate_artifacts(scn.topology)))
+        sys.stdout.write(dryrun.topology_text(scn.topology, ops.locate_artifacts(scn.topology), ops.native_argv))
         print("\n" + "\n".join(dryrun.schedule_lines(scn)))
         return 0
     if args.resume is not None and args.out is not None and args.out.resolve() != args.resume.resolve():
         raise UserError("--out and --resume name different folders; --resume DIR continues the run in DIR")
     out = args.resume or args.out or Path("results") / f"{scn.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    backend = Backend(open_testbed=capturing(ops, out), host_facts=ops.host_facts, progress=PhaseProgress,
-                      cxl_paths=ops.cxl_paths)
-    outcome = run(scn, Options(out, args.keep, args.resume is not None, tuple(args.overrides)), backend)
+    backend = Backend(open_testbed=capturing(ops, out, args.keep_on_failure), host_facts=ops.host_facts,
+                      progress=PhaseProgress, cxl_paths=ops.cxl_paths)
+    outcome = run(scn, Options(out, args.keep, args.resume is not None, tuple(args.overrides),
+                               keep_on_failure=args.keep_on_failure), backend)
     if args.json:
         import json
 

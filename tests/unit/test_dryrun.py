@@ -40,7 +40,8 @@ def _no_side_effects() -> cli.Ops:
         raise AssertionError("a dry run must not call this")
 
     return cli.Ops(up=fail, down=fail, known=fail, load_state=fail, connect=fail, agent=fail,
-                   build_image=fail, build_kernel=fail, build_qemu=fail)
+                   build_image=fail, build_kernel=fail, build_qemu=fail,
+                   native_argv=lambda xml: (None, "libvirtd is not running (qemu:///system)"))
 
 
 def _created(root: Path) -> list[str]:
@@ -80,6 +81,33 @@ def test_up_dry_run_uses_the_artifacts_the_cache_holds(isolated: Path, capsys: p
     assert [t.name for t in seen] == ["dry"]
     assert "<kernel>/k/mm/vmlinuz</kernel>" in text and "<emulator>/q/bin/qemu</emulator>" in text
     assert "# note: a note" in text and "emulator: /q/bin/qemu" in text
+    assert "(no full command line: libvirtd is not running (qemu:///system);" in text
+
+
+# The start of what libvirt 11.3 answered for a two-node topology's node0 (virsh domxml-to-native).
+NATIVE = ("LC_ALL=C PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "
+          "/var/cache/cxl-testbed/qemu/patched-3403b9e2e4e6/bin/qemu-system-x86_64 -name guest=cxltb-two-node_node0,"
+          "debug-threads=on -S -machine pc-q35-10.0,usb=off,dump-guest-core=off,acpi=on -accel tcg "
+          "-cpu max,hypervisor=off\n")
+
+
+def test_up_dry_run_prints_libvirts_full_command_line(isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = isolated / "t.yaml"
+    f.write_text(TOPOLOGY)
+    asked: list[str] = []
+
+    def native(xml: str) -> tuple[str | None, str]:
+        asked.append(xml)
+        return NATIVE, ""
+
+    ops = _no_side_effects()
+    ops.native_argv = native
+    assert cli.main(["up", "--dry-run", "-f", str(f)], ops=ops) == 0
+    text = capsys.readouterr().out
+    assert len(asked) == 2 and "<name>cxltb-dry_node1</name>" in asked[1]  # each node's own XML
+    assert text.count("full command line (libvirt's domxml-to-native") == 2
+    assert "-accel tcg -cpu max,hypervisor=off" in text and "(no full command line" not in text
+    assert _created(isolated) == []
 
 
 def test_run_dry_run_prints_the_schedule_and_runs_nothing(isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:

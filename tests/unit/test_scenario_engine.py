@@ -64,6 +64,9 @@ class FakeTestbed:
     def agent(self, name: str) -> Agent:
         return self.agents[name]
 
+    def keep(self) -> None:
+        raise AssertionError("only --keep-on-failure keeps, and these runs do not fail")
+
 
 def seam_backend(world: World, opened: list[FakeTestbed], events: list[str], created: bool = True) -> Backend:
     @contextlib.contextmanager

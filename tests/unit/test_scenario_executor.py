@@ -112,8 +112,8 @@ def make_ops(world: World) -> cli.Ops:
             mp.setattr(libvirt_qemu, "qemuMonitorCommand", monitor)
             return [h.as_dict() for h in cxlpath.for_state(conn, state)]
 
-    return cli.Ops(up=up, down=world.downs.append, connect=guest, host_facts=lambda: HostFacts(64 << 30, 8),
-                   agent=agent, cxl_paths=cxl_paths)
+    return cli.Ops(up=up, up_keeping=up, down=world.downs.append, connect=guest,
+                   host_facts=lambda: HostFacts(64 << 30, 8), agent=agent, cxl_paths=cxl_paths)
 
 
 SCENARIO = f"""\
@@ -209,6 +209,22 @@ def test_node_failure_stops_cleanly_and_tears_down(tmp_path: Path) -> None:
     assert not s["ok"] and not s["complete"] and s["units"]["done"] == 1  # only a/fixed finished
     assert not any(r["type"] == "invocation" and r["mode"] == "b" for r in raw(out))  # nothing ran after it
     assert "## Failures" in (out / "report.md").read_text()
+
+
+def test_keep_on_failure_leaves_a_failed_run_up(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    failing = SCENARIO.replace("argv: [ok], arrival: {pattern: poisson", "argv: [die], arrival: {pattern: poisson")
+    world = World()
+    args = ["run", str(scenario(tmp_path, failing)), "--out", str(tmp_path / "out"), "--keep-on-failure"]
+    assert cli.main(args, ops=make_ops(world)) == 1
+    assert world.downs == []  # left up to look at
+    assert "testbed two-node was left up (--keep-on-failure)" in caplog.text
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert "down_s" not in meta["timings"]
+    # a run that succeeds still tears down what it brought up
+    ok = World()
+    args = ["run", str(scenario(tmp_path)), "--out", str(tmp_path / "ok"), "--keep-on-failure"]
+    assert cli.main(args, ops=make_ops(ok)) == 0
+    assert ok.downs == ["two-node"]
 
 
 def test_function_errors_are_recorded_not_fatal(tmp_path: Path) -> None:

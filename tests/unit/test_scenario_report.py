@@ -37,7 +37,7 @@ def test_markdown_tables() -> None:
             "git": {"commit": "abcdef1234567890", "dirty": False}, "qemu": "QEMU 10", "host": {"cpu": "EPYC"}}
     md = report.markdown(BASE, meta, [{"phase": "unit", "where": "a/w", "error": "boom\nmore"}], ["latency_cdf.png"])
     assert md.startswith("# Scenario s\n")
-    assert "### w[k=1]\n\n| mode | n | errors | metric | median | mean | p50 | p90 | p99 | min | max |\n|---|" in md
+    assert "### w[k=1]\n\n| mode | n | errors | metric | median | mean | p50 | p90 | p99 | min | max | median/p99 basis |\n|---|" in md
     assert "| a | 3 | 0 | latency_ms | 20.00 | 20.00 | 20.00 | 28.00 | 29.80 | 10.00 | 30.00 |" in md
     assert "| a | 2.0 | - |" in md  # memory per mode, MiB
     assert "| 9 | 0.125 | 80.500 | 1.000 | 3.000 |" in md

@@ -95,11 +95,37 @@ def test_report_shows_intervals_and_repetitions() -> None:
     second = [dict(r, rep=1) for r in recs]
     s = results.summarize(recs + second, ["trenv"], ["bursty"], ["latency_ms"])
     w = s["modes"]["trenv"]["workloads"]["bursty"]
-    lo, hi = w["ci"]["latency_ms"]["median"]
+    one = results.summarize(recs, ["trenv"], ["bursty"], ["latency_ms"])
+    w1 = one["modes"]["trenv"]["workloads"]["bursty"]
+    lo, hi = w1["ci"]["latency_ms"]["median"]
+    row1 = report.metric_rows(one, "bursty")[0]
+    # one repetition: the pooled figure with its bootstrap interval
+    assert row1[4] == f"{w1['metrics']['latency_ms']['median']:.2f} [{lo:.2f}, {hi:.2f}]" and row1[-1] == "pooled"
     row = report.metric_rows(s, "bursty")[0]
-    assert row[4] == f"{w['metrics']['latency_ms']['median']:.2f} [{lo:.2f}, {hi:.2f}]"
     assert not row[6].endswith("]")  # p50: the same figure as the median; its interval is shown once
-    assert row[8].startswith(f"{w['metrics']['latency_ms']['p99']:.2f} [")
+    # two repetitions: median and p99 lead with the mean over repetitions and a t interval
+    reps = w["repetitions"]["latency_ms"]["reps"]
+    head = w["headline"]["latency_ms"]
+    assert head["basis"] == "repetitions" and head["n"] == 2
+    assert head["median"] == pytest.approx((reps[0]["median"] + reps[1]["median"]) / 2)
+    assert row[4].startswith(f"{head['median']:.2f} [") and row[-1] == "2 reps"
+    assert row[8].startswith(f"{head['p99']:.2f} [") and row[5] == f"{w['metrics']['latency_ms']['mean']:.2f}"
     md = report.markdown(s, {}, [], [])
     assert "| mode | metric | repetitions | median per repetition |" in md
     assert "| trenv | latency_ms | 2 |" in md
+
+
+def test_headline_is_across_repetitions() -> None:
+    h = stats.headline({0: [1.0, 2.0, 3.0], 1: [10.0, 20.0, 30.0], 2: [4.0, 5.0, 6.0]})
+    assert h["basis"] == "repetitions" and h["n"] == 3
+    assert h["median"] == pytest.approx(9.0)  # (2 + 20 + 5) / 3, not the pooled median 5
+    # t interval over (2, 20, 5): mean 9, sd 9.6437, t(0.975, 2) = 4.3027
+    ci = h["median_ci"]
+    assert isinstance(ci, list)
+    lo, hi = ci
+    assert lo == pytest.approx(9.0 - 4.3027 * 9.6437 / 3 ** 0.5, abs=1e-3)
+    assert hi == pytest.approx(9.0 + 4.3027 * 9.6437 / 3 ** 0.5, abs=1e-3)
+    one = stats.headline({0: [1.0, 2.0, 3.0], 1: []})
+    assert one["basis"] == "invocations" and one["median"] == 2.0 and one["n"] == 3
+    assert one["median_ci"] == stats.bootstrap_ci([1.0, 2.0, 3.0], 50).as_list()  # type: ignore[union-attr]
+    assert stats.t_interval([4.0, 4.0]) == stats.Interval(4.0, 4.0) and stats.t_interval([4.0]) is None

@@ -118,6 +118,14 @@ def test_up_leaves_a_testbed_it_did_not_create_or_was_told_to_keep(topo: Topolog
     assert tb.down_seconds is None
 
 
+def test_keep_skips_the_teardown_but_closes_the_sessions(topo: Topology) -> None:
+    world = World(created=True)
+    with _up(world, topo) as tb:
+        tb.node("node0")
+        tb.keep()
+    assert world.log == ["up tb", "connect node0:4000", "close node0"] and tb.kept
+
+
 def test_a_failing_body_still_tears_down_and_the_error_propagates(topo: Topology) -> None:
     world = World(created=True)
     with pytest.raises(RuntimeError, match="body"), _up(world, topo) as tb:

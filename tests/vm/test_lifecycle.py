@@ -163,3 +163,17 @@ def test_own_kernel_path_append_and_gdb_stub(tmp_path: Path) -> None:
         port = tb.state.nodes["node0"].gdb_port
         assert port and _gdb_answers(port).startswith(b"+$")
     assert_clean(name)
+
+
+def test_dry_run_prints_libvirts_full_command_line_and_defines_nothing(tmp_path: Path) -> None:
+    from testbed.lifecycle import daemons
+
+    daemons.ensure_running()
+    topo = renamed_topology(REPO / "testbeds" / "two-node.yaml", f"dry-{os.getpid() % 1000}", tmp_path)
+    name = load(topo, host_facts()).name
+    r = subprocess.run([sys.executable, "-m", "testbed", "up", "--dry-run", "-f", str(topo)],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("full command line (libvirt's domxml-to-native") == 2, r.stdout[-2000:]
+    assert f"-name guest=cxltb-{name}_node0" in r.stdout and "cxl-type3" in r.stdout
+    assert_clean(name)  # no domain, network, backing file or state

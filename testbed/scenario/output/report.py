@@ -49,8 +49,16 @@ def metric_rows(summary: JsonObject, workload: str) -> list[list[str]]:
             if not st.get("count"):
                 continue
             ci = (w.get("ci") or {}).get(metric) or {}
-            rows.append([mode, str(w["count"]), str(w["errors"]), metric,
-                         *(_with_ci(st.get(c), ci.get(c)) for c in STAT_COLUMNS)])
+            head = (w.get("headline") or {}).get(metric) or {}
+            cells = []
+            for c in STAT_COLUMNS:
+                if c in ("median", "p99") and head.get("basis") == "repetitions":
+                    # several repetitions: the mean of their own figures, t interval (stats.headline)
+                    cells.append(_with_ci(head.get(c), head.get(f"{c}_ci")))
+                else:
+                    cells.append(_with_ci(st.get(c), ci.get(c)))
+            basis = f"{head['n']} reps" if head.get("basis") == "repetitions" else "pooled"
+            rows.append([mode, str(w["count"]), str(w["errors"]), metric, *cells, basis])
     return rows
 
 
@@ -100,7 +108,7 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-METRIC_HEADER = ("mode", "n", "errors", "metric", *STAT_COLUMNS)
+METRIC_HEADER = ("mode", "n", "errors", "metric", *STAT_COLUMNS, "median/p99 basis")
 
 
 def _qemu(info: Json) -> str:
@@ -137,12 +145,14 @@ def markdown(summary: JsonObject, meta: JsonObject, failures: Sequence[JsonObjec
     out.append("## Metrics per workload\n")
     out.append("Times in ms; statistics over measured invocations that succeeded (warm-up excluded); "
                "percentiles interpolate linearly between ranks; [lo, hi]: bootstrap 95% confidence interval "
-               "(percentile method, 2,000 resamples, fixed seed).\n")
+               "(percentile method, 2,000 resamples, fixed seed). With several repetitions (basis \"N reps\"), "
+               "median and p99 are the mean of each repetition's own median and P99, with a Student t 95% "
+               "interval over repetitions; the other columns pool every invocation.\n")
     for wl in _workloads(summary):
         out.append(f"### {wl}\n")
         out.append(_md_table(METRIC_HEADER, metric_rows(summary, wl)))
         if reps := repetition_rows(summary, wl):
-            out.append("Each repetition on its own (the run-to-run spread the pooled figures above hide):\n")
+            out.append("Each repetition on its own (the run-to-run spread):\n")
             out.append(_md_table(REPETITION_HEADER, reps))
     out.append("## Memory per mode\n")
     out.append("Used memory (MemTotal - MemAvailable) on the unit's nodes, highest seen during the unit, "

@@ -211,7 +211,9 @@ def summarize(records: Sequence[JsonObject], modes: Sequence[str], workloads: Se
                 # bootstrap 95% intervals of median and P99 over all invocations, and each
                 # repetition on its own with the spread across repetitions (stats.py)
                 "ci": {m: stats.intervals(data.values(mode, wl, m)) for m in metrics},
-                "repetitions": {m: stats.by_repetition(data.values_by_rep(mode, wl, m)) for m in metrics}}
+                "repetitions": {m: stats.by_repetition(data.values_by_rep(mode, wl, m)) for m in metrics},
+                # what a report leads with: across repetitions when there are several (stats.headline)
+                "headline": {m: stats.headline(data.values_by_rep(mode, wl, m)) for m in metrics}}
         out["modes"][mode] = entry
     invs = [r for r in records if r.get("type") == "invocation"]
 

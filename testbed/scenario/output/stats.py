@@ -5,7 +5,12 @@ h = (n - 1) * p / 100 and P = x[floor h] + (h - floor h) * (x[floor h + 1] - x[f
 Confidence intervals are percentile bootstraps (scipy.stats.bootstrap, 95%, a fixed seed, so a
 summary is reproducible) over the invocations of one run. Repetitions are also kept apart: each
 repetition's own median and P99, and across repetitions the mean, standard deviation, minimum and
-maximum of those figures (the run-to-run spread a pooled statistic hides)."""
+maximum of those figures (the run-to-run spread a pooled statistic hides).
+
+The headline median and P99 of a run with several repetitions are not pooled: each repetition is
+one sample of the experiment, so the headline is the mean of the repetitions' own medians (P99s)
+with a Student t 95% interval over them; a run of one repetition falls back to the pooled figure
+and its bootstrap interval over invocations."""
 
 from __future__ import annotations
 
@@ -106,3 +111,39 @@ def by_repetition(values: Mapping[int, Sequence[float]]) -> dict[str, object]:
             for rep, vs in sorted(values.items()) if len(vs)]
     return {"reps": reps,
             **{name: spread([float(r[name]) for r in reps]) for name in CI_STATS}}
+
+
+def t_interval(values: Sequence[float], level: float = CI_LEVEL) -> Interval | None:
+    """Student t interval of the mean; None under two values. Equal values give a zero width."""
+    a = _array(values)
+    if a.size < 2:
+        return None
+    m = float(np.mean(a))
+    sem = float(sps.sem(a))
+    if sem == 0.0:
+        return Interval(m, m)
+    lo, hi = sps.t.interval(level, a.size - 1, loc=m, scale=sem)
+    return Interval(float(lo), float(hi))
+
+
+def headline(values: Mapping[int, Sequence[float]]) -> dict[str, object]:
+    """The median and P99 a report leads with, and their 95% intervals. With two or more
+    repetitions that have values: the mean over repetitions of each one's own statistic, t
+    interval (basis "repetitions"); else the pooled statistic with its bootstrap interval
+    (basis "invocations")."""
+    reps = [list(vs) for _, vs in sorted(values.items()) if len(vs)]
+    if len(reps) >= 2:
+        out: dict[str, object] = {"basis": "repetitions", "n": len(reps)}
+        for name in CI_STATS:
+            per_rep = [percentile(vs, _STAT_P[name]) for vs in reps]
+            ci = t_interval(per_rep)
+            out[name] = float(np.mean(per_rep))
+            out[f"{name}_ci"] = None if ci is None else ci.as_list()
+        return out
+    pooled = [v for vs in reps for v in vs]
+    out = {"basis": "invocations", "n": len(pooled)}
+    for name in CI_STATS:
+        out[name] = percentile(pooled, _STAT_P[name]) if pooled else None
+        ci = bootstrap_ci(pooled, _STAT_P[name])
+        out[f"{name}_ci"] = None if ci is None else ci.as_list()
+    return out

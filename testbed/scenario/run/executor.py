@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -51,6 +52,7 @@ class Options:
     keep: bool = False
     resume: bool = False
     overrides: tuple[str, ...] = ()
+    keep_on_failure: bool = False  # a run with a failure leaves the testbed it brought up, to look at
 
 
 @dataclass
@@ -156,10 +158,20 @@ class Runner:
             stack = ExitStack()
             tb = stack.enter_context(cm)
         self.timings["up_s"] = round(time.monotonic() - t, 3)
+        interrupted = left_up = False
         try:
             yield tb
+        except KeyboardInterrupt:
+            interrupted = True  # Ctrl-C always rolls back
+            raise
         finally:
-            going = tb.created and not self.opts.keep
+            if (self.opts.keep_on_failure and tb.created and not self.opts.keep and not interrupted
+                    and (self.failures or sys.exc_info()[0] is not None)):
+                tb.keep()
+                left_up = True
+                log.warning("the run failed; testbed %s was left up (--keep-on-failure): `testbed ssh -t %s NODE`, "
+                            "`testbed console -t %s NODE`, `testbed down %s`", tb.name, tb.name, tb.name, tb.name)
+            going = tb.created and not self.opts.keep and not left_up
             t = time.monotonic()
             if going:
                 self.backend.console.print(f"tearing down testbed {tb.name}")

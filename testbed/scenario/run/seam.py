@@ -48,6 +48,7 @@ class TestbedHandle(Protocol):
 
     def node(self, name: str) -> Node: ...  # connected; NodeError when it cannot be reached
     def agent(self, name: str) -> Agent: ...  # the node's long-lived agent client
+    def keep(self) -> None: ...  # leave it up on exit even if this open brought it up
 
 
 class OpenTestbed(Protocol):
