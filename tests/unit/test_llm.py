@@ -16,6 +16,7 @@ import pytest
 from tbagent.functions import CATALOG, llm, spec
 from tbagent.sandbox import runner
 from tbagent.sandbox.cgroup import Limits
+from tbproto.catalog import Function
 
 pytestmark = pytest.mark.unit
 
@@ -185,6 +186,15 @@ def test_presets_span_ci_to_base() -> None:
     kv = 2 * base.layers * base.heads * base.max_ctx * base.head_dim * 4
     limit = Limits.from_dict(CATALOG["llm"].limits).memory_max
     assert limit is not None and counts["base"] * 4 + kv + (200 << 20) <= limit
+
+
+def test_llm_is_registered_as_a_function() -> None:
+    s = CATALOG["llm"]
+    assert Function("llm") is Function.LLM and s.source.name == "llm.py" and s.env["OPENBLAS_NUM_THREADS"] == "1"
+    text = s.source.read_text()
+    assert text.startswith('"""llm: ') and "Initialisation" in text and "Per request" in text
+    imports = {line.split()[1].split(".")[0] for line in text.splitlines() if line.startswith(("import ", "from "))}
+    assert imports <= set(sys.stdlib_module_names) | {"numpy"}  # copied alone as handler.py
 
 
 BAD_CONFIGS: list[tuple[Any, str]] = [

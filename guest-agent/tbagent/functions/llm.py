@@ -243,12 +243,17 @@ class KVCache:
         return cls.restore(cfg, length, k_buf, v_buf, crc32=crcs)  # type: ignore[arg-type]
 
 
-def _rope(x: F32, positions: npt.NDArray[np.int64]) -> F32:
-    """Rotary positions for x [heads, T, head_dim] at positions [T]: rotate-half form."""
-    half = x.shape[-1] // 2
+def _rope_angles(head_dim: int, start: int, n: int) -> tuple[F32, F32]:
+    """cos and sin [n, head_dim / 2] of positions start.. for rotary embedding."""
+    half = head_dim // 2
     inv = ROPE_BASE ** (-np.arange(half, dtype=np.float64) / half)
-    angles = positions[:, None].astype(np.float64) * inv[None, :]
-    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    angles = np.arange(start, start + n, dtype=np.float64)[:, None] * inv[None, :]
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def _rope(x: F32, cos: F32, sin: F32) -> F32:
+    """Rotary positions for x [heads, T, head_dim]: pair (j, j + half) turned by angle j."""
+    half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     out: F32 = np.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
     return out
@@ -318,13 +323,13 @@ class Model:
         if ids.ndim != 1 or ids.min() < 0 or ids.max() >= cfg.vocab:
             raise ValueError(f"llm: tokens must be integers in 0..{cfg.vocab - 1}")
         x: F32 = self.w["embed"][ids].astype(np.float32)  # [T, dim]: only these rows are read
-        positions = np.arange(cache.length, cache.length + n, dtype=np.int64)
+        cos, sin = _rope_angles(cfg.head_dim, cache.length, n)
         hs, hd = cfg.heads, cfg.head_dim
         for i in range(cfg.layers):
             p = f"layer{i:03d}."
             h = self._norm(x, p + "attn_norm")
             q, k, v = ((h @ self._f32(p + m)).reshape(n, hs, hd).transpose(1, 0, 2) for m in ("wq", "wk", "wv"))
-            att = self._attend(i, _rope(q, positions), _rope(k, positions), v, cache)
+            att = self._attend(i, _rope(q, cos, sin), _rope(k, cos, sin), v, cache)
             x = x + att.transpose(1, 0, 2).reshape(n, cfg.dim) @ self._f32(p + "wo")
             h = self._norm(x, p + "mlp_norm")
             g = h @ self._f32(p + "w_gate")
