@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +15,8 @@ from tbagent.llm import checkpoint, modelstore, safetensors
 from tbagent.llm.checkpoint import HEADER, PAGE, CheckpointError
 from tbagent.store import Store, StoreError
 
-REPO = Path(__file__).resolve().parents[2]
-SIZE = 32 << 20
+from tests.unit.llmdevice import cache_lib_fixture, device_fixture  # noqa: F401  (fixtures)
+
 CONFIG = {"dim": 8, "layers": 1, "dtype": "float16"}
 
 
@@ -199,29 +198,6 @@ def test_safetensors_bad_length_refused(tmp_path: Path) -> None:
 
 
 # --- the model store on a plain file standing in for the device
-
-@pytest.fixture(scope="module", autouse=True)
-def cache_lib(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    out = tmp_path_factory.mktemp("lib") / "libcxlcache.so"
-    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(out), str(REPO / "guest-agent" / "native" / "cxlcache.c")],
-                   check=True)
-    import tbagent.store.cachectl as cc
-
-    saved = cc.LIB_PATHS
-    cc.LIB_PATHS = (str(out),)
-    yield
-    cc.LIB_PATHS = saved
-
-
-@pytest.fixture
-def device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setattr("tbagent.store.core.LOCK_DIR", tmp_path / "locks")
-    path = tmp_path / "dev"
-    with open(path, "wb") as fh:
-        fh.truncate(SIZE)
-    Store.format(str(path), 0, nheads=2, slots=16).close()
-    return str(path)
-
 
 def test_put_by_one_head_found_and_mapped_by_another(device: str) -> None:
     t = sample()
