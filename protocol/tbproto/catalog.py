@@ -19,6 +19,7 @@ class Function(StrEnum):
     INFERENCE = "inference"
     COMPRESS = "compress"
     HEAP = "heap"
+    LLM = "llm"
 
 
 def names() -> tuple[str, ...]:

@@ -37,6 +37,9 @@ CATALOG = {
         # The memory limit leaves room for HEAP_MIB up to its maximum, 1024, given as a run's env.
         FunctionSpec("heap", {"OPENBLAS_NUM_THREADS": "1", "HEAP_MIB": "64", "HEAP_SEED": "1", "NUMPY_MADVISE_HUGEPAGE": "0"},
                      {"memory": "1280M", "cpu": 1.0, "pids": 64}),
+        # The memory limit fits the largest preset, "base" as float32 (453 MB of weights, a 75 MB KV cache).
+        FunctionSpec("llm", {"OPENBLAS_NUM_THREADS": "1", "LLM_PRESET": "ci", "LLM_DTYPE": "float32"},
+                     {"memory": "1024M", "cpu": 1.0, "pids": 64}),
     )
 }
 
