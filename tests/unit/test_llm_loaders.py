@@ -3,11 +3,13 @@ really zero-copy, cxl-copy's pipeline checks every crc and loses no error."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tbagent.llm import checkpoint, loaders, modelstore, safetensors
+from tbagent import cli
+from tbagent.llm import checkpoint, instance, loaders, modelstore, safetensors
 from tbagent.llm.checkpoint import CheckpointError
 from tbagent.llm.loaders import CacheDrop, Drop, Loader
 from tbagent.store import Store
@@ -132,3 +134,75 @@ def test_chunk_must_be_whole_pages() -> None:
 def test_cxl_loader_needs_a_device() -> None:
     with pytest.raises(ValueError, match="needs the MHD device"):
         loaders.load(Loader.CXL_MAP, "m")
+
+
+# --- the instance runner and the CLI, with the llm function's tiny preset
+
+PROMPT = "CXL: load once"
+
+
+@pytest.fixture
+def tiny(device: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The tiny preset (float16) put by head 0 through the CLI, and written to a local disk folder."""
+    for mod in ("tbagent.llm.cli", "tbagent.store.cli"):
+        monkeypatch.setattr(f"{mod}.head_of", lambda mhd: (0, 2))
+    assert cli.main(["model", "put", device, "tiny", "--preset", "tiny", "--seed", "5", "--dtype", "float16"]) == 0
+    assert cli.main(["model", "disk", "tiny", "--preset", "tiny", "--seed", "5", "--dtype", "float16",
+                     "--dir", str(tmp_path / "disk")]) == 0
+    return device
+
+
+def test_model_cli_put_list_check(tiny: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    capsys.readouterr()
+    assert cli.main(["model", "list", tiny]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["name"], row["params"], row["config"]["seed"], row["config"]["dtype"]) == ("tiny", 28864, 5, "float16")
+    assert cli.main(["model", "check", tiny, "tiny"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+    assert cli.main(["model", "put", tiny, "tiny", "--preset", "tiny"]) != 0
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_same_tokens_with_every_loader(tiny: str, tmp_path: Path) -> None:
+    llm = instance.llm()
+    cfg = llm.Config.from_json({**llm.PRESETS["tiny"].to_json(), "seed": 5, "dtype": "float16"})
+    # The reference: the function's own model on weights made in memory, no loader involved.
+    expected = llm.Model(cfg, llm.tensors(cfg)).generate(llm.encode(PROMPT), 12)
+    results = {}
+    for loader in Loader:
+        results[loader] = instance.run(loader, "tiny", PROMPT, 12, device=tiny, head=1,
+                                       disk=str(tmp_path / "disk" / "tiny.safetensors"), drop=Drop.NONE)
+    for loader, r in results.items():
+        assert r["tokens"] == expected, loader
+        assert r["load_s"] > 0 and r["ttft_s"] > 0 and r["tokens_per_s"] > 0
+    weights = 28864 * 2
+    assert results[Loader.CXL_MAP]["load"]["bytes_copied"] == 0
+    assert results[Loader.CXL_MAP]["load"]["bytes_mapped"] == weights
+    # The mapped instance reads its weights from the device mapping: at least every page the
+    # weights lie on (the 2 MiB window is mapped, only touched pages are resident).
+    mem = results[Loader.CXL_MAP]["memory"]
+    assert mem["cxl_mapped"] >= 2 << 20 and weights <= mem["cxl_resident"] <= mem["cxl_mapped"]
+    for loader in (Loader.CXL_COPY, Loader.DISK):
+        assert results[loader]["load"]["bytes_copied"] == weights
+        assert results[loader]["memory"]["cxl_resident"] == 0  # the copy's mapping is gone
+
+
+def test_llm_run_cli_prints_one_json_object(tiny: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert cli.main(["llm", "run", "--loader", "cxl-map", "--model", "tiny", "--mhd", tiny, "--prompt", PROMPT,
+                     "--max-tokens", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["loader"] == "cxl-map" and len(out["tokens"]) == 4
+    assert cli.main(["llm", "run", "--loader", "disk", "--model", "nope", "--disk-dir", str(tmp_path / "disk"),
+                     "--prompt", PROMPT, "--drop", "none"]) != 0
+    assert "nope.safetensors" in capsys.readouterr().err
+
+
+def test_put_from_safetensors_refuses_a_file_that_is_not_a_model(device: str, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("tbagent.store.cli.head_of", lambda mhd: (0, 2))
+    path = str(tmp_path / "x.safetensors")
+    safetensors.write(path, {"dim": 8}, sample())
+    assert cli.main(["model", "put", device, "x", "--safetensors", path]) != 0
+    assert "llm config" in capsys.readouterr().err
