@@ -193,6 +193,10 @@ def test_llm_run_cli_prints_one_json_object(tiny: str, tmp_path: Path, capsys: p
                      "--max-tokens", "4"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["loader"] == "cxl-map" and len(out["tokens"]) == 4
+    assert cli.main(["llm", "run", "--loader", "cxl-copy", "--model", "tiny", "--mhd", tiny, "--prompt", PROMPT,
+                     "--max-tokens", "4", "--chunk-mib", "1", "--no-pipeline"]) == 0
+    copied = json.loads(capsys.readouterr().out)
+    assert copied["tokens"] == out["tokens"] and copied["load"]["verified"] is True
     assert cli.main(["llm", "run", "--loader", "disk", "--model", "nope", "--disk-dir", str(tmp_path / "disk"),
                      "--prompt", PROMPT, "--drop", "none"]) != 0
     assert "nope.safetensors" in capsys.readouterr().err

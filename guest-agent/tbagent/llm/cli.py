@@ -61,7 +61,7 @@ def op_check(mhd: str, name: str | None = None) -> JsonObject:
 
 
 def op_run(loader: str, model: str, mhd: str | None, prompt: str, max_tokens: int, disk_dir: str | None = None,
-           drop: str = "all") -> JsonObject:
+           drop: str = "all", chunk_mib: int = loaders.CHUNK >> 20, pipeline: bool = True) -> JsonObject:
     kind = Loader(loader)
     device = head = None
     if kind is not Loader.DISK:
@@ -69,7 +69,10 @@ def op_run(loader: str, model: str, mhd: str | None, prompt: str, max_tokens: in
             raise ValueError(f"--loader {loader} needs --mhd")
         device, head = device_path(mhd), head_of(mhd)[0]
     disk = str(loaders.disk_path(model, Path(disk_dir) if disk_dir else None)) if kind is Loader.DISK else None
-    return instance.run(kind, model, prompt, max_tokens, device=device, head=head or 0, disk=disk, drop=Drop(drop))
+    if not 1 <= chunk_mib <= 1024:
+        raise ValueError(f"--chunk-mib {chunk_mib} is outside 1..1024")
+    return instance.run(kind, model, prompt, max_tokens, device=device, head=head or 0, disk=disk, drop=Drop(drop),
+                        chunk=chunk_mib << 20, pipeline=pipeline)
 
 
 def _print(obj: Json) -> None:
@@ -93,7 +96,8 @@ def _model(args: argparse.Namespace) -> int:
 
 @command("llm")
 def _llm(args: argparse.Namespace) -> int:
-    _print(op_run(args.loader, args.model, args.mhd, args.prompt, args.max_tokens, args.disk_dir, args.drop))
+    _print(op_run(args.loader, args.model, args.mhd, args.prompt, args.max_tokens, args.disk_dir, args.drop,
+                  args.chunk_mib, not args.no_pipeline))
     return 0
 
 
@@ -131,4 +135,6 @@ def register(sub: Subcommands) -> None:
     r.add_argument("--max-tokens", type=int, default=16)
     r.add_argument("--disk-dir", help=f"folder of the disk loader's files (default {loaders.DISK_DIR})")
     r.add_argument("--drop", default="all", choices=[str(x) for x in Drop], help="page cache dropped before a disk load")
+    r.add_argument("--chunk-mib", type=int, default=loaders.CHUNK >> 20, help="cxl-copy's chunk size")
+    r.add_argument("--no-pipeline", action="store_true", help="cxl-copy: copy then check each chunk in one thread")
     lp.set_defaults(fn=_llm)
