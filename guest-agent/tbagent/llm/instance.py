@@ -67,10 +67,12 @@ def run(loader: Loader, model: str, prompt: str, max_tokens: int, *, device: str
         raise ValueError(f"max_tokens {max_tokens} is outside 1..{m.MAX_TOKENS}")
     weights, stats = load(loader, model, device=device, head=head, disk=disk, drop=drop, chunk=chunk, pipeline=pipeline)
     try:
+        # The request starts once the weights are loaded; building the Model (validation, no
+        # copy) and tokenising are part of serving it.
+        t0 = time.perf_counter()
         net = model_of(weights.config, weights.tensors)
         tokens = m.encode(prompt)
         marks: list[float] = []
-        t0 = time.perf_counter()
         out = net.generate(tokens, max_tokens, on_token=lambda i, t: marks.append(time.perf_counter()))
         span = marks[-1] - marks[0]
         mem = memory.split(device)
