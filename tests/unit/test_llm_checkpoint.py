@@ -246,3 +246,23 @@ def test_corrupt_index_in_the_store_refused_on_open(device: str) -> None:
         with pytest.raises(CheckpointError, match="index checksum mismatch"):
             modelstore.open_model(b, "tiny")
         assert modelstore.check(b)["models"][0]["error"].startswith("index checksum mismatch")
+
+
+def test_bad_model_records_refused(device: str) -> None:
+    """Records another head could have written under the model naming convention."""
+    with Store(device, 0) as a:
+        a.publish("model/two", [packed(), b"x"], {"kind": "model"})
+        a.publish("model/junk", [bytes(3 * PAGE)], {"kind": "model"})
+        a.publish("model/notkind", [packed()], {"kind": "template"})
+    with Store(device, 1) as b:
+        assert sorted(r.name for r in modelstore.models(b)) == ["model/junk", "model/two"]
+        with pytest.raises(StoreError, match="has 2 extents, expected 1"):
+            modelstore.open_model(b, "two")
+        with pytest.raises(CheckpointError, match="not a checkpoint"):
+            modelstore.open_model(b, "junk")
+        with pytest.raises(StoreError, match="no model named 'notkind'"):
+            modelstore.open_model(b, "notkind")
+        report = modelstore.check(b)
+        assert not report["ok"] and {m["name"]: m["ok"] for m in report["models"]} == {"junk": False, "two": False}
+        with pytest.raises(StoreError, match="without the 'model/' prefix"):
+            modelstore.put(b, "model/x", CONFIG, sample())
