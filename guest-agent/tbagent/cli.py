@@ -13,7 +13,8 @@ from tbagent.commands import Subcommands
 from tbagent.errors import code_of
 
 # Feature modules; each defines register(subparsers) and sets `fn` defaults on its parsers.
-FEATURES = ("tbagent.info", "tbagent.dax", "tbagent.store.cli", "tbagent.serve", "tbagent.sandbox", "tbagent.snap.cli")
+FEATURES = ("tbagent.info", "tbagent.dax", "tbagent.store.cli", "tbagent.serve", "tbagent.sandbox", "tbagent.snap.cli",
+            "tbagent.llm.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,3 @@
+"""LLM checkpoints in shared CXL memory ("persist once, load many", ServerlessLLM) and the
+loaders that bring them into an inference instance: from a safetensors file on local disk, by a
+chunked pipelined copy out of the MHD, or by mapping the tensors straight from it."""
