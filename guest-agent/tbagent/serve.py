@@ -75,6 +75,16 @@ def _sandbox(name: str) -> Callable[[object], object]:
     return call
 
 
+def _llm(name: str) -> Callable[[object], object]:
+    # numpy is imported only by sessions that serve models.
+    def call(req: object) -> object:
+        from tbagent.llm import serving
+
+        fn: Callable[..., object] = getattr(serving, name)
+        return fn(**_given(req))
+    return call
+
+
 def catalog() -> JsonObject:
     return {"protocol": PROTOCOL, "functions": sorted(CATALOG)}
 
@@ -98,6 +108,10 @@ OPS: dict[str, Handler] = {
     "sandbox.stop": Handler(proto.SandboxStop, _sandbox("op_stop")),
     "sandbox.run": Handler(proto.SandboxRunPool, _sandbox("op_run")),
     "sandbox.fresh": Handler(proto.SandboxRunFresh, _sandbox("op_fresh")),
+    "model.put": Handler(proto.ModelPut, _llm("op_put")),
+    "model.list": Handler(proto.ModelList, _llm("op_list")),
+    "model.disk": Handler(proto.ModelDisk, _llm("op_disk")),
+    "llm.run": Handler(proto.LlmRun, _llm("op_run")),
 }
 assert set(OPS) == set(proto.OPS), "every tbproto op has a handler"  # a wiring bug, caught at import
 assert sorted(CATALOG) == list(proto_catalog.names()), "the function registry is tbproto's catalogue"

@@ -294,6 +294,103 @@ class SandboxRunFresh:
     event: JsonObject | None = None
 
 
+# --- models and inference (ServerlessLLM) ------------------------------------------------------
+
+class Loader(StrEnum):
+    """How an inference instance gets its weights: ServerlessLLM's baseline and two CXL ways."""
+
+    DISK = "disk"  # a safetensors file on the node's own disk, page cache dropped first
+    CXL_COPY = "cxl-copy"  # a chunked, pipelined copy from the MHD into local memory
+    CXL_MAP = "cxl-map"  # the tensors mapped straight from the MHD: nothing copied
+
+
+@dataclass(frozen=True)
+class ModelPut:
+    """Publish the checkpoint of an `llm` preset into the MHD once (skipped when it is there)."""
+
+    mhd: str
+    name: str
+    preset: str
+    dtype: str | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelPutReply:
+    name: str
+    bytes: int
+    tensors: int
+    params: int
+    put_s: float
+    existed: bool  # already in the store: nothing written
+
+
+@dataclass(frozen=True)
+class ModelList:
+    mhd: str
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    bytes: int
+    tensors: int
+    params: int
+    config: JsonObject
+
+
+@dataclass(frozen=True)
+class ModelDisk:
+    """Write the node's local-disk copy (safetensors) of a model of the store: `disk`'s source."""
+
+    mhd: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ModelDiskReply:
+    path: str
+    bytes: int
+    write_s: float
+    existed: bool
+
+
+@dataclass(frozen=True)
+class LlmRun:
+    """Start `instances` inference instances at once, each its own process: load the model with
+    `loader`, then generate `max_tokens` tokens greedily from `prompt`."""
+
+    model: str
+    mhd: str
+    loader: Loader
+    prompt: str
+    max_tokens: int
+    instances: int | None = None
+
+
+@dataclass(frozen=True)
+class LlmInstance:
+    ok: bool
+    loader: str
+    error: str | None = None
+    load_s: float | None = None  # weights ready (for cxl-map: mapped, not yet touched)
+    ttft_s: float | None = None  # the request's start (after loading) to its first token
+    tokens_per_s: float | None = None  # after the first token
+    total_s: float | None = None  # load + generation
+    tokens: tuple[int, ...] = ()
+    text: str | None = None
+    bytes_copied: int | None = None
+    bytes_mapped: int | None = None
+    pss_local_kib: float | None = None  # the instance's PSS outside the CXL mapping
+    rss_cxl_kib: float | None = None  # resident from the CXL mapping
+
+
+@dataclass(frozen=True)
+class LlmRunReply:
+    instances: tuple[LlmInstance, ...]
+    wall_s: float
+
+
 @dataclass(frozen=True)
 class Op:
     name: str
@@ -320,4 +417,8 @@ OPS: dict[str, Op] = {o.name: o for o in (
     Op("sandbox.stop", SandboxStop, SandboxStopped),
     Op("sandbox.run", SandboxRunPool, SandboxRun),
     Op("sandbox.fresh", SandboxRunFresh, SandboxRun),
+    Op("model.put", ModelPut, ModelPutReply),
+    Op("model.list", ModelList, list[ModelEntry]),
+    Op("model.disk", ModelDisk, ModelDiskReply),
+    Op("llm.run", LlmRun, LlmRunReply),
 )}
