@@ -6,9 +6,10 @@ Actions:
   run   (default) start `instances` inference instances at once on the node, each its own
         process: load the model with `loader` (disk, cxl-copy, cxl-map), then generate
         `max_tokens` tokens from `prompt` ("load many").
-A run's figures are medians over its instances: load_ms, ttft_ms (request start after loading to
-the first token; a cxl-map instance's first touch of the weights lands here), startup_ttft_ms
-(load + first token: what a cold request waits), tokens_per_s, and memory per instance
+A run's figures are medians over its instances: load_ms, first_token_ms (from the weights being
+ready to the first token; a cxl-map instance's first touch of the weights lands here), ttft_ms
+(load + first token: what a request that starts a cold instance waits, ServerlessLLM's time to
+first token), tokens_per_s, and memory per instance
 (pss_local_kib_per_instance, rss_cxl_kib_per_instance). tokens_crc is the CRC-32 of the tokens,
 the same number for the same answer, so assertions can compare answers across loaders and nodes;
 instances of one run that disagree fail the invocation.
@@ -84,7 +85,7 @@ def run_result(reply: proto.LlmRunReply) -> tuple[bool, str | None, JsonObject]:
     insts = reply.instances
     failed = [i for i in insts if not i.ok]
     res: JsonObject = {"instances": len(insts), "wall_ms": reply.wall_s * 1e3,
-                       "per_instance": [{"load_ms": _ms(i.load_s), "ttft_ms": _ms(i.ttft_s),
+                       "per_instance": [{"load_ms": _ms(i.load_s), "first_token_ms": _ms(i.ttft_s),
                                          "tokens_per_s": i.tokens_per_s, "pss_local_kib": i.pss_local_kib,
                                          "rss_cxl_kib": i.rss_cxl_kib, "bytes_copied": i.bytes_copied,
                                          "error": i.error} for i in insts]}
@@ -96,9 +97,9 @@ def run_result(reply: proto.LlmRunReply) -> tuple[bool, str | None, JsonObject]:
     good = [i for i in insts if i.ok]
     for key, values in (
         ("load_ms", [_ms(i.load_s) for i in good]),
-        ("ttft_ms", [_ms(i.ttft_s) for i in good]),
-        ("startup_ttft_ms", [(i.load_s + i.ttft_s) * 1e3 if i.load_s is not None and i.ttft_s is not None
-                             else None for i in good]),
+        ("first_token_ms", [_ms(i.ttft_s) for i in good]),
+        ("ttft_ms", [(i.load_s + i.ttft_s) * 1e3 if i.load_s is not None and i.ttft_s is not None
+                     else None for i in good]),
         ("tokens_per_s", [i.tokens_per_s for i in good]),
         ("pss_local_kib_per_instance", [i.pss_local_kib for i in good]),
         ("rss_cxl_kib_per_instance", [i.rss_cxl_kib for i in good]),

@@ -1,0 +1,122 @@
+"""The `llm` workload kind: strict specs with file:line:field errors, the requests it sends, and
+how a run's reply becomes an invocation's figures."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tbproto import ops as proto
+from tbproto.codec import decode_as
+
+from testbed.access.agent import AgentError, Exchange
+from testbed.scenario.kinds.llm import LlmKind, crc_of, run_result
+from testbed.scenario.spec import schema
+
+from .test_scenario_schema import error, write
+
+REPO = Path(__file__).resolve().parents[2]
+TWO = REPO / "testbeds" / "two-node.yaml"
+
+SCN = f"""\
+name: t
+testbed: {TWO}
+setup:
+  - {{name: put, kind: llm, nodes: node0, action: put, model: m1, preset: ci}}
+  - {{name: disk, kind: llm, nodes: node1, action: disk, model: m1}}
+modes:
+  disk: {{params: {{loader: disk}}}}
+  map: {{params: {{loader: cxl-map}}}}
+workloads:
+  - name: load
+    kind: llm
+    model: m1
+    loader: "${{loader}}"
+    instances: "${{n}}"
+    prompt: "hello"
+    max_tokens: 4
+    arrival: {{pattern: fixed, count: 1}}
+    sweep: {{n: [1, 2]}}
+"""
+
+
+@pytest.mark.parametrize(("change", "where", "message"), [
+    (("model: m1, preset: ci}", "model: m1}"), (4, "setup[0]"), "action put needs 'preset'"),
+    (("action: disk, model: m1}", "action: disk, model: m1, loader: disk}"), (5, "setup[1].loader"),
+     "not used by action disk"),
+    (('    max_tokens: 4\n', ''), (10, "workloads[0]"), "action run needs 'max_tokens'"),
+    (('    max_tokens: 4\n', '    max_tokens: 0\n'), (10, "workloads[0].max_tokens"), "must be from 1 to 4096"),
+    (('loader: "${loader}"', 'loader: mmap'), (13, "workloads[0].loader"), "loader 'mmap' is not one of disk, cxl-copy, cxl-map"),
+    (('instances: "${n}"', 'instances: 0'), (14, "workloads[0].instances"), "instances must be an integer from 1 to 64"),
+    (("loader: cxl-map}", "loader: cxl-mmap}"), (13, "workloads[0].loader"), "loader 'cxl-mmap' is not one of"),
+    (("sweep: {n: [1, 2]}", "sweep: {n: [1, 99]}"), (10, "workloads[0]"), "instances must be an integer from 1 to 64"),
+])
+def test_spec_errors(tmp_path: Path, change: tuple[str, str], where: tuple[int, str], message: str) -> None:
+    exc = error(tmp_path, SCN.replace(*change))
+    assert message in exc.message, str(exc)
+    assert exc.field.startswith(where[1]), str(exc)
+
+
+def test_requests_per_action(tmp_path: Path) -> None:
+    scn = schema.load(write(tmp_path, SCN))
+    kind = LlmKind()
+    put, disk = scn.setup[0].spec, scn.setup[1].spec
+    assert kind.request(put, {}) == proto.ModelPut("mhd0", "m1", "ci", None, None)
+    assert kind.request(disk, {}) == proto.ModelDisk("mhd0", "m1")
+    run = scn.workloads[0].spec
+    assert kind.request(run, {"loader": "cxl-map", "n": 2}) == proto.LlmRun("m1", "mhd0", proto.Loader.CXL_MAP,
+                                                                             "hello", 4, 2)
+    assert kind.request(run, {"loader": "nfs", "n": 2}) == "loader 'nfs' is not one of disk, cxl-copy, cxl-map"
+
+
+class Agent:
+    def __init__(self, reply: Any = None, error: str | None = None) -> None:
+        self.reply, self.error = reply, error
+        self.sent: list[tuple[str, Mapping[str, Any]]] = []
+
+    def exchange(self, op: str, args: Mapping[str, Any] | None = None, timeout: float | None = None) -> Exchange:
+        self.sent.append((op, dict(args or {})))
+        if self.error:
+            raise AgentError("node1", op, "failed", self.error)
+        return Exchange(self.reply, 120.0)
+
+
+def instance(tokens: list[int], load: float, ttft: float, pss: float, ok: bool = True) -> dict[str, Any]:
+    return {"ok": ok, "loader": "cxl-map", "load_s": load, "ttft_s": ttft, "tokens_per_s": 10.0,
+            "total_s": load + ttft + 0.7, "tokens": tokens, "text": "x", "bytes_copied": 0,
+            "bytes_mapped": 13 << 20, "pss_local_kib": pss, "rss_cxl_kib": 12800.0,
+            **({} if ok else {"error": "exit 1: boom"})}
+
+
+def test_a_run_reports_medians_over_its_instances(tmp_path: Path) -> None:
+    run = schema.load(write(tmp_path, SCN)).workloads[0].spec
+    reply = {"instances": [instance([1, 2, 3], 0.01, 0.5, 900.0), instance([1, 2, 3], 0.03, 0.7, 1100.0),
+                           instance([1, 2, 3], 0.02, 0.9, 1000.0)], "wall_s": 1.5}
+    out = LlmKind().invoke(Agent(reply), run, {"loader": "cxl-map", "n": 3}, 60)  # type: ignore[arg-type]
+    assert out.ok and out.result is not None and out.guest_ms == 120.0
+    r = out.result
+    assert r["load_ms"] == pytest.approx(20.0) and r["first_token_ms"] == pytest.approx(700.0)
+    assert r["ttft_ms"] == pytest.approx(730.0)  # the median of 510, 730, 920: load + first token per instance
+    assert r["pss_local_kib_per_instance"] == 1000.0 and r["tokens_agree"] == 1
+    assert r["tokens_crc"] == crc_of((1, 2, 3)) != crc_of((1, 2, 4))
+
+
+def test_instances_that_disagree_or_fail_fail_the_invocation() -> None:
+    differ = decode_as(proto.LlmRunReply, {"instances": [instance([1, 2], 0.1, 0.2, 1.0), instance([1, 3], 0.1, 0.2, 1.0)],
+                                           "wall_s": 1.0}, "llm.run")
+    assert isinstance(differ, proto.LlmRunReply)
+    ok, err, res = run_result(differ)
+    assert not ok and err == "the 2 instances gave 2 different answers" and res["tokens_agree"] == 0
+    failed = decode_as(proto.LlmRunReply, {"instances": [instance([1], 0.1, 0.2, 1.0),
+                                                         instance([], 0.0, 0.0, 0.0, ok=False)], "wall_s": 1.0}, "llm.run")
+    assert isinstance(failed, proto.LlmRunReply)
+    ok, err, _ = run_result(failed)
+    assert not ok and err == "1 of 2 instances failed: exit 1: boom"
+
+
+def test_an_agent_error_is_a_failed_invocation(tmp_path: Path) -> None:
+    run = schema.load(write(tmp_path, SCN)).workloads[0].spec
+    out = LlmKind().invoke(Agent(error="no model named 'm1'"), run, {"loader": "disk", "n": 1}, 60)  # type: ignore[arg-type]
+    assert not out.ok and "no model named 'm1'" in (out.error or "")
