@@ -12,7 +12,7 @@ from tbproto import ops as proto
 from tbproto.codec import decode_as
 
 from testbed.access.agent import AgentError, Exchange
-from testbed.scenario.kinds.llm import LlmKind, crc_of, run_result
+from testbed.scenario.kinds.llm import LlmKind, LlmSpec, crc_of, run_result
 from testbed.scenario.spec import schema
 
 from .test_scenario_schema import error, write
@@ -63,9 +63,11 @@ def test_requests_per_action(tmp_path: Path) -> None:
     scn = schema.load(write(tmp_path, SCN))
     kind = LlmKind()
     put, disk = scn.setup[0].spec, scn.setup[1].spec
+    assert isinstance(put, LlmSpec) and isinstance(disk, LlmSpec)
     assert kind.request(put, {}) == proto.ModelPut("mhd0", "m1", "ci", None, None)
     assert kind.request(disk, {}) == proto.ModelDisk("mhd0", "m1")
     run = scn.workloads[0].spec
+    assert isinstance(run, LlmSpec)
     assert kind.request(run, {"loader": "cxl-map", "n": 2}) == proto.LlmRun("m1", "mhd0", proto.Loader.CXL_MAP,
                                                                              "hello", 4, 2)
     assert kind.request(run, {"loader": "nfs", "n": 2}) == "loader 'nfs' is not one of disk, cxl-copy, cxl-map"
