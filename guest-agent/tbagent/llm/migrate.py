@@ -389,7 +389,8 @@ def migrate_in(method: Method | str, handle: Json, *, preset: str, dtype: str, s
                mhd: str | None, head: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> JsonObject:
     """Node B: import the generation A handed over, continue `tokens` tokens. import_s is the import
     (prefill / connect+receive+check / map+check), first_token_s from its end to the first new token;
-    downtime adds A's export_s (the handle's trip through the host is the host's to time)."""
+    downtime adds A's export_s (the handle's trip through the host is the host's to time). kv-cxl:
+    a record B refuses stays in the store for inspection (`tbagent store delete` removes it)."""
     method = Method(method)
     model = model_for(preset, dtype, seed)
     cfg = model.cfg
