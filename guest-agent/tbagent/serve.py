@@ -112,6 +112,9 @@ OPS: dict[str, Handler] = {
     "model.list": Handler(proto.ModelList, _llm("op_list")),
     "model.disk": Handler(proto.ModelDisk, _llm("op_disk")),
     "llm.run": Handler(proto.LlmRun, _llm("op_run")),
+    "llm.migrate_out": Handler(proto.LlmMigrateOut, _llm("op_migrate_out")),
+    "llm.migrate_in": Handler(proto.LlmMigrateIn, _llm("op_migrate_in")),
+    "llm.migrate_status": Handler(proto.LlmMigrateStatus, _llm("op_migrate_status")),
 }
 assert set(OPS) == set(proto.OPS), "every tbproto op has a handler"  # a wiring bug, caught at import
 assert sorted(CATALOG) == list(proto_catalog.names()), "the function registry is tbproto's catalogue"

@@ -391,6 +391,71 @@ class LlmRunReply:
     wall_s: float
 
 
+class MigrateMethod(StrEnum):
+    """How a live generation moves from node A to node B."""
+
+    TOKENS = "tokens"  # ServerlessLLM's way: the token ids; B recomputes the KV cache (prefill)
+    KV_NET = "kv-net"  # the KV cache over TCP on the node network
+    KV_CXL = "kv-cxl"  # the KV cache left in the MHD; B maps it
+
+
+@dataclass(frozen=True)
+class LlmMigrateOut:
+    """Node A: prefill a prompt made up to `context` tokens, generate `generated`, pause, hand over."""
+
+    method: MigrateMethod
+    preset: str
+    prompt: str
+    context: int
+    generated: int
+    mhd: str | None = None  # kv-cxl
+    bind: str | None = None  # kv-net: an address of A that B reaches
+    dtype: str | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class LlmMigrateIn:
+    """Node B: import what A handed over (the handle, passed through as A gave it) and go on."""
+
+    method: MigrateMethod
+    handle: JsonObject
+    preset: str
+    tokens: int
+    mhd: str | None = None
+    dtype: str | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class MigrateDowntime:
+    export_s: float  # A: from the pause to the handle ready
+    import_s: float  # B: prefill, or receive and check, or map and check
+    first_token_s: float  # B: from the import to the first new token
+    total_s: float
+
+
+@dataclass(frozen=True)
+class LlmMigrateInReply:
+    id: str
+    method: str
+    tokens: tuple[int, ...]  # B's continuation
+    import_s: float
+    first_token_s: float
+    downtime: MigrateDowntime
+    bytes: dict[str, int]  # handle, net (over the node network), kv, header, cxl_read
+    token_gap_s: float | None = None  # B's median time between tokens after the import
+    downtime_tokens: float | None = None  # the downtime in token times: the extra delay in tokens
+
+
+@dataclass(frozen=True)
+class LlmMigrateStatus:
+    """A: the outcome of a kv-net hand-over (pending, sent, failed, timeout)."""
+
+    id: str
+    wait_s: float | None = None
+
+
 @dataclass(frozen=True)
 class Op:
     name: str
@@ -421,4 +486,7 @@ OPS: dict[str, Op] = {o.name: o for o in (
     Op("model.list", ModelList, list[ModelEntry]),
     Op("model.disk", ModelDisk, ModelDiskReply),
     Op("llm.run", LlmRun, LlmRunReply),
+    Op("llm.migrate_out", LlmMigrateOut, JsonObject),  # the handle: opaque to the host, passed to B
+    Op("llm.migrate_in", LlmMigrateIn, LlmMigrateInReply),
+    Op("llm.migrate_status", LlmMigrateStatus, JsonObject),
 )}

@@ -122,3 +122,88 @@ def test_an_agent_error_is_a_failed_invocation(tmp_path: Path) -> None:
     run = schema.load(write(tmp_path, SCN)).workloads[0].spec
     out = LlmKind().invoke(Agent(error="no model named 'm1'"), run, {"loader": "disk", "n": 1}, 60)  # type: ignore[arg-type]
     assert not out.ok and "no model named 'm1'" in (out.error or "")
+
+
+MIGRATE = f"""\
+name: t
+testbed: {TWO}
+placement: {{create_on: node0, invoke_on: [node0]}}
+modes:
+  tokens: {{params: {{method: tokens}}}}
+  net: {{params: {{method: kv-net}}}}
+workloads:
+  - name: mig
+    kind: llm
+    action: migrate
+    to: node1
+    method: "${{method}}"
+    preset: ci
+    prompt: "p"
+    context: "${{context}}"
+    generated: 4
+    tokens: 4
+    arrival: {{pattern: fixed, count: 1}}
+    sweep: {{context: [64]}}
+"""
+
+IN_REPLY = {"id": "h1", "method": "kv-net", "tokens": [5, 6, 7, 8], "import_s": 0.002, "first_token_s": 0.003,
+            "downtime": {"export_s": 0.001, "import_s": 0.002, "first_token_s": 0.003, "total_s": 0.006},
+            "token_gap_s": 0.0015, "downtime_tokens": 4.0,
+            "bytes": {"handle": 900, "net": 1106171, "kv": 1105920, "header": 251}}
+
+
+class PeerAgent:
+    """Agents of node0 (A) and node1 (B) that record what each was asked."""
+
+    def __init__(self, log: list[tuple[str, str, dict[str, Any]]], node: str, sent: str = "sent") -> None:
+        self.log, self.node, self.sent = log, node, sent
+
+    def exchange(self, op: str, args: Mapping[str, Any] | None = None, timeout: float | None = None) -> Exchange:
+        self.log.append((self.node, op, dict(args or {})))
+        if op == "llm.migrate_out":
+            return Exchange({"id": "h1", "format": 1, "timings": {"prefill_s": 0.5, "export_s": 0.001}}, 1.0)
+        if op == "llm.migrate_in":
+            return Exchange(IN_REPLY, 2.0)
+        if op == "llm.migrate_status":
+            return Exchange({"id": "h1", "state": self.sent}, 0.1)
+        raise AssertionError(op)
+
+
+def _targets(log: list[tuple[str, str, dict[str, Any]]], sent: str = "sent") -> dict[str, Any]:
+    from contextlib import nullcontext
+
+    from testbed.scenario.kinds.base import Target
+
+    return {n: Target(None, lambda timeout, n=n: nullcontext(PeerAgent(log, n, sent)))  # type: ignore[arg-type, misc]
+            for n in ("node0", "node1")}
+
+
+def test_a_migration_relays_the_handle_and_checks_the_sender(tmp_path: Path) -> None:
+    spec = schema.load(write(tmp_path, MIGRATE)).workloads[0].spec
+    assert isinstance(spec, LlmSpec)
+    log: list[tuple[str, str, dict[str, Any]]] = []
+    kind = LlmKind()
+    kind.attach(_targets(log), {"node0": "10.213.0.10", "node1": "10.213.0.11"})
+    out = kind.invoke(PeerAgent(log, "node0"), spec, {"method": "kv-net", "context": 64, "node": "node0"}, 60)
+    assert out.ok, out.error
+    assert [(n, op) for n, op, _ in log] == [("node0", "llm.migrate_out"), ("node1", "llm.migrate_in"),
+                                             ("node0", "llm.migrate_status")]
+    assert log[0][2]["bind"] == "10.213.0.10" and log[0][2]["context"] == 64  # A listens where B can reach it
+    assert log[1][2]["handle"] == {"id": "h1", "format": 1, "timings": {"prefill_s": 0.5, "export_s": 0.001}}
+    r = out.result
+    assert r is not None and r["downtime_ms"] == pytest.approx(6.0) and r["bytes_net"] == 1106171
+    assert r["tokens_crc"] == crc_of((5, 6, 7, 8)) and r["source_prefill_ms"] == pytest.approx(500.0)
+
+
+def test_a_kv_net_sender_that_did_not_finish_fails_the_invocation(tmp_path: Path) -> None:
+    spec = schema.load(write(tmp_path, MIGRATE)).workloads[0].spec
+    assert isinstance(spec, LlmSpec)
+    log: list[tuple[str, str, dict[str, Any]]] = []
+    kind = LlmKind()
+    kind.attach(_targets(log, sent="timeout"), {"node0": "10.213.0.10"})
+    out = kind.invoke(PeerAgent(log, "node0", "timeout"), spec, {"method": "kv-net", "context": 64, "node": "node0"}, 60)
+    assert not out.ok and "did not finish" in (out.error or "")
+    # tokens: no address needed, no status asked
+    log.clear()
+    out = kind.invoke(PeerAgent(log, "node0"), spec, {"method": "tokens", "context": 64, "node": "node0"}, 60)
+    assert out.ok and [op for _, op, _ in log] == ["llm.migrate_out", "llm.migrate_in"] and log[0][2].get("bind") is None

@@ -24,6 +24,9 @@ REDUCED = {
     "memory-density": ["workloads.density.sweep.instances=[32]"],
     "sandbox-reuse": ["workloads.start.sweep.fn=[hello]", "workloads.start.arrival.count=10"],
     "trace-replay": ["workloads.bursty.arrival.limit=24"],
+    "serverlessllm": ["setup.put-model.preset=ci", "workloads.load.sweep.instances=[1, 2]",
+                      "workloads.load.arrival.count=3"],
+    "serverlessllm-migration": ["workloads.migrate.sweep.context=[64, 256]", "workloads.migrate.arrival.count=2"],
 }
 
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from tbagent.dax import device_path
-from tbagent.llm import instance, loaders, modelstore, safetensors
+from tbagent.llm import instance, loaders, migrate, modelstore, safetensors
 from tbagent.llm.loaders import Drop, Loader
 from tbagent.store import StoreError
 from tbagent.store.cli import head_of, open_store
@@ -108,3 +108,18 @@ def op_run(model: str, mhd: str, loader: str, prompt: str, max_tokens: int, inst
     with ThreadPoolExecutor(max_workers=instances) as pool:  # result() re-raises a thread's error
         results = [f.result() for f in [pool.submit(_instance, argv) for _ in range(instances)]]
     return {"instances": results, "wall_s": time.perf_counter() - t0}
+
+
+def op_migrate_out(method: str, preset: str, prompt: str, context: int, generated: int, mhd: str | None = None,
+                   bind: str | None = None, dtype: str = "float32", seed: int = 0) -> JsonObject:
+    return migrate.migrate_out(method, preset=preset, dtype=dtype, seed=seed, prompt=prompt, context=context,
+                               generated=generated, mhd=mhd, bind=bind)
+
+
+def op_migrate_in(method: str, handle: JsonObject, preset: str, tokens: int, mhd: str | None = None,
+                  dtype: str = "float32", seed: int = 0) -> JsonObject:
+    return migrate.migrate_in(method, handle, preset=preset, dtype=dtype, seed=seed, tokens=tokens, mhd=mhd)
+
+
+def op_migrate_status(id: str, wait_s: float = 0.0) -> JsonObject:
+    return migrate.status(id, wait_s)

@@ -252,6 +252,10 @@ class Kind(ABC, Generic[SpecT, SessionT]):
         holds the parameters known before the run (not the per-invocation built-ins)."""
         return iter(())
 
+    def attach(self, targets: Mapping[str, Target], addresses: Mapping[str, str]) -> None:
+        """The run's nodes (and their addresses on the node network), once connected: for a kind
+        whose invocation reaches a node besides its own (a migration's destination)."""
+
     def has_prepare(self, spec: SpecT) -> bool:
         return False
 

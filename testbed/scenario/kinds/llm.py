@@ -6,6 +6,14 @@ Actions:
   run   (default) start `instances` inference instances at once on the node, each its own
         process: load the model with `loader` (disk, cxl-copy, cxl-map), then generate
         `max_tokens` tokens from `prompt` ("load many").
+  migrate  live migration of a generation from the invocation's node (A) to node `to` (B): A
+        prefills a prompt made up to `context` tokens and generates `generated`, then hands over
+        by `method` (tokens: B recomputes the KV cache; kv-net: the cache over TCP; kv-cxl: the
+        cache left in the MHD, mapped by B); B goes on for `tokens` tokens. Figures: downtime_ms
+        (A's export + B's import + B's first token, measured on the nodes), its parts,
+        downtime_tokens (the downtime in B's token times), bytes_net (over the node network),
+        bytes_kv, relay_ms (the handle's trip through the host: testbed overhead, apart), and
+        tokens_crc of B's continuation (every method must give the same).
 A run's figures are medians over its instances: load_ms, first_token_ms (from the weights being
 ready to the first token; a cxl-map instance's first touch of the weights lands here), ttft_ms
 (load + first token: what a request that starts a cold instance waits, ServerlessLLM's time to
@@ -18,6 +26,8 @@ instances of one run that disagree fail the invocation.
 from __future__ import annotations
 
 import statistics
+import threading
+import time
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
@@ -42,6 +52,10 @@ class LlmAction(StrEnum):
     RUN = "run"
     PUT = "put"
     DISK = "disk"
+    MIGRATE = "migrate"
+
+
+METHODS = tuple(m.value for m in proto.MigrateMethod)
 
 
 @dataclass(frozen=True)
@@ -54,14 +68,20 @@ class LlmSpec:
     seed: int | None = None  # put: the weights' seed
     loader: str | None = None  # run: disk | cxl-copy | cxl-map, or ${loader}
     instances: int | str | None = None  # run: instances started at once (default 1), or ${n}
-    prompt: str | None = None  # run
+    prompt: str | None = None  # run, migrate
     max_tokens: int | None = None  # run
+    to: str | None = None  # migrate: the destination node
+    method: str | None = None  # migrate: tokens | kv-net | kv-cxl, or ${method}
+    context: int | str | None = None  # migrate: tokens of context at the hand-over, or ${context}
+    generated: int | None = None  # migrate: tokens A generates before it pauses
+    tokens: int | None = None  # migrate: tokens B generates after the hand-over
 
 
 LLM_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "run": (("model", "loader", "prompt", "max_tokens"), ("mhd", "instances")),
     "put": (("model", "preset"), ("mhd", "dtype", "seed")),
     "disk": (("model",), ("mhd",)),
+    "migrate": (("to", "method", "preset", "prompt", "context", "generated", "tokens"), ("mhd", "dtype", "seed")),
 }
 
 
@@ -73,6 +93,12 @@ def problem(what: str, value: object) -> str | None:
         n = as_int(value)
         if n is None or not 1 <= n <= MAX_INSTANCES:
             return f"instances must be an integer from 1 to {MAX_INSTANCES}, got {value!r}"
+    if what == "method" and value not in METHODS:
+        return f"method {value!r} is not one of {', '.join(METHODS)}"
+    if what == "context":
+        n = as_int(value)
+        if n is None or not 1 <= n <= MAX_TOKENS:
+            return f"context must be an integer from 1 to {MAX_TOKENS}, got {value!r}"
     return None
 
 
@@ -131,11 +157,21 @@ class LlmKind(Kind[LlmSpec, Exchanger]):
 
     name = "llm"
     spec_type = LlmSpec
+    CHECKED = ("loader", "instances", "method", "context")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.targets: Mapping[str, Target] = {}
+        self.addresses: Mapping[str, str] = {}
+
+    def attach(self, targets: Mapping[str, Target], addresses: Mapping[str, str]) -> None:
+        with self.lock:
+            self.targets, self.addresses = dict(targets), dict(addresses)
 
     def parse(self, doc: Document, kp: KeyPath, raw: dict[str, Yaml]) -> LlmSpec:
         spec: LlmSpec = from_mapping(doc, LlmSpec, raw, kp)
         parse_common(doc, kp, raw, str(spec.action), LLM_KEYS, ("action",))
-        for what in ("loader", "instances"):
+        for what in self.CHECKED:
             value = getattr(spec, what)
             if value is not None and not (isinstance(value, str) and "${" in value):
                 if (found := problem(what, value)) is not None:
@@ -147,7 +183,7 @@ class LlmKind(Kind[LlmSpec, Exchanger]):
         return spec
 
     def templates(self, spec: LlmSpec) -> Iterator[tuple[KeyPath, str]]:
-        for key in ("model", "loader", "instances", "prompt", "preset"):
+        for key in ("model", "loader", "instances", "prompt", "preset", "method", "context", "to"):
             if isinstance(getattr(spec, key), str):
                 yield (key,), getattr(spec, key)
 
@@ -155,7 +191,7 @@ class LlmKind(Kind[LlmSpec, Exchanger]):
         return agent_session(target, timeout)
 
     def check(self, spec: LlmSpec, values: Mapping[str, object]) -> Iterator[tuple[KeyPath, str]]:
-        for what in ("loader", "instances"):
+        for what in self.CHECKED:
             raw = getattr(spec, what)
             if not isinstance(raw, str) or "${" not in raw:
                 continue
@@ -165,6 +201,8 @@ class LlmKind(Kind[LlmSpec, Exchanger]):
 
     def request(self, spec: LlmSpec, values: Mapping[str, object]) -> object | str:
         """The agent request (a tbproto type) for this step or invocation, or why there is none."""
+        if spec.action is LlmAction.MIGRATE:
+            return self._migrate_out(spec, values)
         assert spec.model is not None
         model = substitute(spec.model, values)
         if spec.action is LlmAction.PUT:
@@ -183,8 +221,74 @@ class LlmKind(Kind[LlmSpec, Exchanger]):
         return proto.LlmRun(model, spec.mhd, proto.Loader(loader), substitute(spec.prompt, values),
                             spec.max_tokens, n)
 
+    def _migrate_out(self, spec: LlmSpec, values: Mapping[str, object]) -> proto.LlmMigrateOut | str:
+        assert spec.method is not None and spec.preset is not None and spec.prompt is not None
+        assert spec.context is not None and spec.generated is not None
+        method = substitute(spec.method, values)
+        context = substitute_value(spec.context, values)
+        for what, value in (("method", method), ("context", context)):
+            if (found := problem(what, value)) is not None:
+                return found
+        n = as_int(context)
+        assert n is not None
+        bind = None
+        if method == proto.MigrateMethod.KV_NET:
+            node = str(values.get("node", ""))
+            with self.lock:
+                bind = self.addresses.get(node)
+            if bind is None:
+                return f"no address of node {node!r} on the node network for kv-net"
+        return proto.LlmMigrateOut(proto.MigrateMethod(method), substitute(spec.preset, values),
+                                   substitute(spec.prompt, values), n, spec.generated, spec.mhd, bind,
+                                   spec.dtype, spec.seed)
+
+    def _migrate(self, session: Exchanger, spec: LlmSpec, req: proto.LlmMigrateOut, timeout: float) -> Outcome:
+        assert spec.to is not None and spec.tokens is not None
+        with self.lock:
+            target = self.targets.get(spec.to)
+        if target is None:
+            return Outcome(False, 0.0, error=f"no node {spec.to!r} to migrate to")
+        t0 = time.perf_counter()
+        try:
+            out = call(session, req, timeout)
+            if not isinstance(out.result, dict):
+                return Outcome(False, out.ms, error="llm.migrate_out answered no handle")
+            handle: JsonObject = out.result
+            relay0 = time.perf_counter()
+            with target.agent(timeout) as peer:
+                relay = (time.perf_counter() - relay0) * 1e3
+                got = call(peer, proto.LlmMigrateIn(req.method, handle, req.preset, spec.tokens, req.mhd,
+                                                    req.dtype, req.seed), timeout)
+            sent: Json = None
+            if req.method is proto.MigrateMethod.KV_NET:  # the sender's own outcome, never lost
+                sent = call(session, proto.LlmMigrateStatus(str(handle.get("id", "")), 30.0), timeout).result
+        except Refused as exc:
+            return Outcome(False, exc.ms, error=str(exc))
+        except ProtocolError as exc:
+            return Outcome(False, 0.0, error=f"the agent's reply: {exc}")
+        ms = (time.perf_counter() - t0) * 1e3
+        r = got.result
+        assert isinstance(r, proto.LlmMigrateInReply)
+        timings = handle.get("timings") if isinstance(handle.get("timings"), dict) else {}
+        assert isinstance(timings, dict)
+        result: JsonObject = {
+            "method": str(req.method), "context": req.context, "downtime_ms": r.downtime.total_s * 1e3,
+            "export_ms": r.downtime.export_s * 1e3, "import_ms": r.downtime.import_s * 1e3,
+            "first_token_ms": r.downtime.first_token_s * 1e3, "downtime_tokens": r.downtime_tokens,
+            "token_gap_ms": _ms(r.token_gap_s), "relay_ms": relay,
+            "bytes_net": r.bytes.get("net", 0), "bytes_kv": r.bytes.get("kv", 0),
+            "bytes_cxl_read": r.bytes.get("cxl_read", 0), "tokens": list(r.tokens), "tokens_crc": crc_of(r.tokens),
+            "source_prefill_ms": _ms(timings.get("prefill_s") if isinstance(timings.get("prefill_s"), float) else None)}
+        if sent is not None:
+            result["sender"] = sent
+            if not isinstance(sent, dict) or sent.get("state") != "sent":
+                return Outcome(False, ms, error=f"the kv-net sender on A did not finish: {sent}", result=result)
+        return Outcome(True, ms, None, None, result, guest_ms=None)
+
     def invoke(self, session: Exchanger, spec: LlmSpec, values: Mapping[str, object], timeout: float) -> Outcome:
         req = self.request(spec, values)
+        if isinstance(req, proto.LlmMigrateOut):
+            return self._migrate(session, spec, req, timeout)
         if isinstance(req, str):
             return Outcome(False, 0.0, error=req)
         try:

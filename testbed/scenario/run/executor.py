@@ -191,6 +191,9 @@ class Runner:
             except OSError as exc:  # paramiko raises socket errors from open()
                 raise Failure(f"{name}: cannot connect: {exc}") from exc
             self.targets[name] = Target(node, self._agent_opener(tb, name, node))
+        addresses = {name: ns.address for name, ns in tb.state.nodes.items()}
+        for kind in KINDS.values():  # kinds that reach a second node (a migration's target) get them all
+            kind.attach(self.targets, addresses)
 
     def _agent_opener(self, tb: TestbedHandle, name: str, node: Node) -> Callable[[float], AbstractContextManager[Agent]]:
         def agent(timeout: float) -> AbstractContextManager[Agent]:
