@@ -26,7 +26,7 @@ REDUCED = {
     "trace-replay": ["workloads.bursty.arrival.limit=24"],
     "serverlessllm": ["setup.put-model.preset=ci", "workloads.load.sweep.instances=[1, 2]",
                       "workloads.load.arrival.count=3"],
-    "serverlessllm-migration": ["workloads.migrate.sweep.context=[64, 256]", "workloads.migrate.arrival.count=2"],
+    "serverlessllm-migration": ["workloads.migrate.sweep.context=[32, 128]", "workloads.migrate.arrival.count=2"],
 }
 
 
