@@ -366,6 +366,9 @@ class LlmRun:
     prompt: str
     max_tokens: int
     instances: int | None = None
+    # disk: what leaves the page cache first: all (default: a cold disk), file (only this model's
+    # pages: it is not in this node's DRAM tier), none (it is: ServerlessLLM's locality)
+    drop: str | None = None
 
 
 @dataclass(frozen=True)

@@ -207,3 +207,63 @@ def test_a_kv_net_sender_that_did_not_finish_fails_the_invocation(tmp_path: Path
     log.clear()
     out = kind.invoke(PeerAgent(log, "node0"), spec, {"method": "tokens", "context": 64, "node": "node0"}, 60)
     assert out.ok and [op for _, op, _ in log] == ["llm.migrate_out", "llm.migrate_in"] and log[0][2].get("bind") is None
+
+
+PLACE = f"""\
+name: t
+testbed: {TWO}
+placement: {{create_on: node0, invoke_on: [node0]}}
+modes:
+  local: {{params: {{route: locality}}}}
+  random: {{params: {{route: random}}}}
+workloads:
+  - name: serve
+    kind: llm
+    action: place
+    models: [m0, m1]
+    homes: {{m0: node0, m1: node1}}
+    route: "${{route}}"
+    loader: disk
+    prompt: "p"
+    max_tokens: 2
+    arrival: {{pattern: fixed, count: 1}}
+"""
+
+
+class RunAgent:
+    def __init__(self, log: list[tuple[str, dict[str, Any]]], node: str) -> None:
+        self.log, self.node = log, node
+
+    def exchange(self, op: str, args: Mapping[str, Any] | None = None, timeout: float | None = None) -> Exchange:
+        assert op == "llm.run"
+        self.log.append((self.node, dict(args or {})))
+        return Exchange({"instances": [instance([1, 2], 0.05, 0.2, 900.0)], "wall_s": 0.3}, 0.3)
+
+
+def test_placement_routes_by_locality_or_a_seeded_draw(tmp_path: Path) -> None:
+    from contextlib import nullcontext
+
+    from testbed.scenario.kinds.base import Target
+
+    spec = schema.load(write(tmp_path, PLACE)).workloads[0].spec
+    assert isinstance(spec, LlmSpec)
+    log: list[tuple[str, dict[str, Any]]] = []
+    kind = LlmKind()
+    kind.attach({n: Target(None, lambda t, n=n: nullcontext(RunAgent(log, n)))  # type: ignore[arg-type, misc]
+                 for n in ("node0", "node1")}, {})
+    for seq in range(4):
+        out = kind.invoke(None, spec, {"route": "locality", "seq": seq, "seed": 1, "rep": 0}, 60)  # type: ignore[arg-type]
+        assert out.ok and out.result is not None and out.result["local"] == 1
+    # the home of m0 is node0, of m1 node1; at home the checkpoint stays in the page cache
+    assert [(n, a["model"], a["drop"]) for n, a in log] == [("node0", "m0", "none"), ("node1", "m1", "none")] * 2
+    log.clear()
+    draws = []
+    for seq in range(8):
+        out = kind.invoke(None, spec, {"route": "random", "seq": seq, "seed": 1, "rep": 0}, 60)  # type: ignore[arg-type]
+        assert out.result is not None
+        draws.append((log[-1][0], out.result["local"], log[-1][1]["drop"]))
+    # away from home the model's pages are dropped first: it is read cold from that node's disk
+    assert all((local == 1) == (drop == "none") for _, local, drop in draws)
+    assert sum(1 for _, local, _ in draws if not local) == 5  # seed 1's draws: 5 of 8 away from home
+    again = [kind._place(spec, {"route": "random", "seq": s, "seed": 1, "rep": 0})[0] for s in range(8)]
+    assert again == [n for n, _, _ in draws]  # the same draws every time

@@ -209,3 +209,18 @@ def test_a_shared_agent_waits_the_workloads_timeout() -> None:
     agent.exchange("ping")
     agent.exchange("ping", None, 2.0)
     assert seen == [7.0, 2.0]
+
+
+def test_kinds_get_every_node_and_its_bare_address(tmp_path: Path) -> None:
+    from testbed.scenario.kinds import KINDS
+    from testbed.scenario.kinds.llm import LlmKind
+
+    world, opened, events = World(), list[FakeTestbed](), list[str]()
+    scn = schema.load(scenario(tmp_path), [])
+    run(scn, Options(tmp_path / "out"), seam_backend(world, opened, events))
+    llm = KINDS["llm"]
+    assert isinstance(llm, LlmKind)
+    state_addresses = {n: ns.address for n, ns in opened[0].state.nodes.items()}
+    assert all("/" in a for a in state_addresses.values())  # the state keeps CIDR notation ...
+    assert llm.addresses == {n: a.split("/")[0] for n, a in state_addresses.items()}  # ... a kind the address
+    assert set(llm.targets) == {"node0", "node1"}

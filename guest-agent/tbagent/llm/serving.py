@@ -90,8 +90,9 @@ def _instance(argv: list[str]) -> JsonObject:
             "pss_local_kib": mem.get("local_pss", 0) / KIB, "rss_cxl_kib": mem.get("cxl_resident", 0) / KIB}
 
 
-def op_run(model: str, mhd: str, loader: str, prompt: str, max_tokens: int, instances: int = 1) -> JsonObject:
-    kind = Loader(loader)
+def op_run(model: str, mhd: str, loader: str, prompt: str, max_tokens: int, instances: int = 1,
+           drop: str = "all") -> JsonObject:
+    kind, dropping = Loader(loader), Drop(drop)
     if not 1 <= instances <= MAX_INSTANCES:
         raise ValueError(f"instances must be 1..{MAX_INSTANCES}, not {instances}")
     argv = [sys.executable, "-m", "tbagent.cli", "llm", "run", "--loader", str(kind), "--model", model,
@@ -100,8 +101,8 @@ def op_run(model: str, mhd: str, loader: str, prompt: str, max_tokens: int, inst
         path = loaders.disk_path(model)
         if not path.exists():
             raise ValueError(f"no local copy of model {model!r} at {path}: run model.disk first")
-        loaders.drop_page_cache(str(path), Drop.ALL)
-        argv += ["--drop", "none"]  # dropped once above: the instances all read it cold
+        loaders.drop_page_cache(str(path), dropping)
+        argv += ["--drop", "none"]  # dropped once above (or kept: a warm DRAM tier) for every instance
     else:
         argv += ["--mhd", mhd]
     t0 = time.perf_counter()

@@ -14,6 +14,13 @@ Actions:
         downtime_tokens (the downtime in B's token times), bytes_net (over the node network),
         bytes_kv, relay_ms (the handle's trip through the host: testbed overhead, apart), and
         tokens_crc of B's continuation (every method must give the same).
+  place  ServerlessLLM's placement question: invocation i asks for model models[i % n], whose
+        checkpoint is in the DRAM tier (page cache) of its home node only (`homes`); `route`
+        locality sends it there, random to a node drawn from the homes' nodes (seeded by the
+        run's seed and i). It then runs like `run` (one instance) on that node; with the disk
+        loader a node that is not the model's home reads it cold (its pages dropped first),
+        the home reads it from DRAM. With cxl-map every node reads the one copy in the MHD.
+        Figures as run's, and local (1: sent to the home node).
 A run's figures are medians over its instances: load_ms, first_token_ms (from the weights being
 ready to the first token; a cxl-map instance's first touch of the weights lands here), ttft_ms
 (load + first token: what a request that starts a cold instance waits, ServerlessLLM's time to
@@ -25,6 +32,7 @@ instances of one run that disagree fail the invocation.
 
 from __future__ import annotations
 
+import random
 import statistics
 import threading
 import time
@@ -53,6 +61,15 @@ class LlmAction(StrEnum):
     PUT = "put"
     DISK = "disk"
     MIGRATE = "migrate"
+    PLACE = "place"
+
+
+class Route(StrEnum):
+    LOCALITY = "locality"
+    RANDOM = "random"
+
+
+ROUTES = tuple(r.value for r in Route)
 
 
 METHODS = tuple(m.value for m in proto.MigrateMethod)
@@ -75,6 +92,9 @@ class LlmSpec:
     context: int | str | None = None  # migrate: tokens of context at the hand-over, or ${context}
     generated: int | None = None  # migrate: tokens A generates before it pauses
     tokens: int | None = None  # migrate: tokens B generates after the hand-over
+    models: Json = None  # place: the models asked for in turn
+    homes: Json = None  # place: model -> the node whose DRAM tier holds its checkpoint
+    route: str | None = None  # place: locality | random, or ${route}
 
 
 LLM_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -82,6 +102,7 @@ LLM_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "put": (("model", "preset"), ("mhd", "dtype", "seed")),
     "disk": (("model",), ("mhd",)),
     "migrate": (("to", "method", "preset", "prompt", "context", "generated", "tokens"), ("mhd", "dtype", "seed")),
+    "place": (("models", "homes", "route", "loader", "prompt", "max_tokens"), ("mhd",)),
 }
 
 
@@ -93,6 +114,8 @@ def problem(what: str, value: object) -> str | None:
         n = as_int(value)
         if n is None or not 1 <= n <= MAX_INSTANCES:
             return f"instances must be an integer from 1 to {MAX_INSTANCES}, got {value!r}"
+    if what == "route" and value not in ROUTES:
+        return f"route {value!r} is not one of {', '.join(ROUTES)}"
     if what == "method" and value not in METHODS:
         return f"method {value!r} is not one of {', '.join(METHODS)}"
     if what == "context":
@@ -157,7 +180,7 @@ class LlmKind(Kind[LlmSpec, Exchanger]):
 
     name = "llm"
     spec_type = LlmSpec
-    CHECKED = ("loader", "instances", "method", "context")
+    CHECKED = ("loader", "instances", "method", "context", "route")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -180,6 +203,16 @@ class LlmKind(Kind[LlmSpec, Exchanger]):
             raise doc.error((*kp, "max_tokens"), f"must be from 1 to {MAX_TOKENS}, got {spec.max_tokens}")
         if spec.dtype is not None and spec.dtype not in ("float16", "float32"):
             raise doc.error((*kp, "dtype"), f"expected float16 or float32, got {spec.dtype!r}")
+        if spec.action is LlmAction.PLACE:
+            models = spec.models
+            if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
+                raise doc.error((*kp, "models"), "expected a non-empty list of model names")
+            homes = spec.homes
+            if not isinstance(homes, dict) or not all(isinstance(v, str) for v in homes.values()):
+                raise doc.error((*kp, "homes"), "expected a mapping of model name to node name")
+            for m in models:
+                if m not in homes:
+                    raise doc.error((*kp, "homes"), f"model {m!r} has no home node")
         return spec
 
     def templates(self, spec: LlmSpec) -> Iterator[tuple[KeyPath, str]]:
@@ -203,6 +236,8 @@ class LlmKind(Kind[LlmSpec, Exchanger]):
         """The agent request (a tbproto type) for this step or invocation, or why there is none."""
         if spec.action is LlmAction.MIGRATE:
             return self._migrate_out(spec, values)
+        if spec.action is LlmAction.PLACE:
+            return self._place(spec, values)[1]
         assert spec.model is not None
         model = substitute(spec.model, values)
         if spec.action is LlmAction.PUT:
@@ -220,6 +255,48 @@ class LlmKind(Kind[LlmSpec, Exchanger]):
         assert n is not None
         return proto.LlmRun(model, spec.mhd, proto.Loader(loader), substitute(spec.prompt, values),
                             spec.max_tokens, n)
+
+    def _place(self, spec: LlmSpec, values: Mapping[str, object]) -> tuple[str, proto.LlmRun | str, bool]:
+        """(the node the request goes to, its request or why there is none, whether it is the home)."""
+        assert isinstance(spec.models, list) and isinstance(spec.homes, dict)
+        assert spec.route is not None and spec.loader is not None and spec.prompt is not None
+        assert spec.max_tokens is not None
+        route, loader = substitute(spec.route, values), substitute(spec.loader, values)
+        for what, value in (("route", route), ("loader", loader)):
+            if (found := problem(what, value)) is not None:
+                return "", found, False
+        seq = as_int(values.get("seq", 0)) or 0
+        model = str(spec.models[seq % len(spec.models)])
+        home = str(spec.homes[model])
+        if route == Route.LOCALITY:
+            node = home
+        else:  # the same draw for the same run seed and invocation, whatever else runs
+            nodes = sorted({str(n) for n in spec.homes.values()})
+            rng = random.Random(f"{values.get('seed', 0)}/{values.get('rep', 0)}/{seq}")
+            node = rng.choice(nodes)
+        drop = "none" if node == home else "file"  # only the home's DRAM tier holds the checkpoint
+        return node, proto.LlmRun(model, spec.mhd, proto.Loader(loader), substitute(spec.prompt, values),
+                                  spec.max_tokens, 1, drop), node == home
+
+    def _routed(self, spec: LlmSpec, values: Mapping[str, object], timeout: float) -> Outcome:
+        node, req, local = self._place(spec, values)
+        if isinstance(req, str):
+            return Outcome(False, 0.0, error=req)
+        with self.lock:
+            target = self.targets.get(node)
+        if target is None:
+            return Outcome(False, 0.0, error=f"no node {node!r} to place on")
+        try:
+            with target.agent(timeout) as agent:
+                answer = call(agent, req, timeout)
+        except Refused as exc:
+            return Outcome(False, exc.ms, error=str(exc))
+        except ProtocolError as exc:
+            return Outcome(False, 0.0, error=f"the agent's reply: {exc}")
+        assert isinstance(answer.result, proto.LlmRunReply)
+        ok, error, result = run_result(answer.result)
+        result |= {"model": req.model, "routed_to": node, "local": 1 if local else 0}
+        return Outcome(ok, answer.ms, answer.agent_ms, None, result, error, guest_ms=answer.agent_ms)
 
     def _migrate_out(self, spec: LlmSpec, values: Mapping[str, object]) -> proto.LlmMigrateOut | str:
         assert spec.method is not None and spec.preset is not None and spec.prompt is not None
@@ -286,6 +363,8 @@ class LlmKind(Kind[LlmSpec, Exchanger]):
         return Outcome(True, ms, None, None, result, guest_ms=None)
 
     def invoke(self, session: Exchanger, spec: LlmSpec, values: Mapping[str, object], timeout: float) -> Outcome:
+        if spec.action is LlmAction.PLACE:
+            return self._routed(spec, values, timeout)
         req = self.request(spec, values)
         if isinstance(req, proto.LlmMigrateOut):
             return self._migrate(session, spec, req, timeout)

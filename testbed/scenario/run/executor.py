@@ -191,7 +191,8 @@ class Runner:
             except OSError as exc:  # paramiko raises socket errors from open()
                 raise Failure(f"{name}: cannot connect: {exc}") from exc
             self.targets[name] = Target(node, self._agent_opener(tb, name, node))
-        addresses = {name: ns.address for name, ns in tb.state.nodes.items()}
+        # The state keeps CIDR notation (10.213.0.10/24): kinds get the address alone.
+        addresses = {name: ns.address.split("/")[0] for name, ns in tb.state.nodes.items()}
         for kind in KINDS.values():  # kinds that reach a second node (a migration's target) get them all
             kind.attach(self.targets, addresses)
 
