@@ -202,6 +202,16 @@ def test_bad_line_names_file_line_and_field(line: str, field: str, message: str)
     assert (err.value.path, err.value.line, err.value.field) == ("t.jsonl", 3, field)
 
 
+def test_line_numbers_count_newlines_only() -> None:
+    odd = json.dumps({**GOOD, "note": "a\u2028b\x1cc\x85d"}, ensure_ascii=False)
+    assert "\u2028" in odd  # raw, where str.splitlines() would break the line
+    text = _with() + "\r\n" + odd + "\n" + _with(timestamp=-1)
+    with pytest.raises(ConfigError) as err:
+        parse_mooncake("t.jsonl", text)
+    assert (err.value.line, err.value.field) == (3, "timestamp")
+    assert len(parse_mooncake("t.jsonl", text.rsplit("\n", 1)[0]).requests) == 2
+
+
 def test_timestamps_must_not_decrease() -> None:
     text = _with(timestamp=5) + "\n" + _with(timestamp=5) + "\n" + _with(timestamp=4)
     with pytest.raises(ConfigError, match="must not decrease") as err:

@@ -105,7 +105,8 @@ def parse_mooncake(name: str, text: str, *, block_tokens: int = MOONCAKE_BLOCK_T
         raise ValueError(f"block_tokens must be in 1..{MAX_LENGTH}, got {block_tokens}")
     out: list[TraceRequest] = []
     last = 0.0
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    # split("\n"), not splitlines(): that also splits at \x1c, \u2028, ... and would miscount lines.
+    for lineno, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
         if len(out) >= max_requests:
