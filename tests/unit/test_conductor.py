@@ -4,6 +4,7 @@ the cost model (0.01 s a token, 16 tokens a block, 1 ms to move a block at 1 MB/
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 
@@ -193,6 +194,9 @@ def test_replay_reaches_the_reuse_bound() -> None:
         assert (s.hit_blocks, s.needed_blocks, s.placed, s.done) == (expect, 8490, 300, 300)
 
 
+ROUNDS = 4
+
+
 def test_concurrent_place_and_done() -> None:
     trace = scale(load_mooncake(SAMPLE), Scale(block_tokens=16))
     jobs = jobs_of(trace)
@@ -203,7 +207,7 @@ def test_concurrent_place_and_done() -> None:
 
     def worker(k: int) -> None:
         try:
-            for j in jobs[k::8]:
+            for j in jobs[k::8] * ROUNDS:
                 d = c.place(j)
                 c.prefilled(d)
                 c.done(d, Measured())
@@ -213,14 +217,19 @@ def test_concurrent_place_and_done() -> None:
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so a missing lock shows
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
     assert errors == []
-    assert sorted(d.seq for d in decisions) == list(range(len(jobs)))
+    assert sorted(d.seq for d in decisions) == list(range(ROUNDS * len(jobs)))
     s = c.state()
-    assert (s.placed, s.done, s.rejected, s.needed_blocks) == (300, 300, 0, 8490)
+    assert (s.placed, s.done, s.rejected, s.needed_blocks) == (ROUNDS * 300, ROUNDS * 300, 0, ROUNDS * 8490)
     assert all(n.prefill_queue_s == 0.0 and n.decode_load_s == 0.0 and n.decoding == 0 for n in s.nodes.values())
     # Every node holds exactly what it prefilled.
     by_id = {j.id: j for j in jobs}
