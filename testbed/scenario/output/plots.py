@@ -12,6 +12,8 @@ an error bar; an x axis whose values grow geometrically (1, 4, 16, 32) is logari
     startup_breakdown.png  stacked bars of the median of each phase, when invocations carry a
                            `phases` object of numbers (milliseconds), with the rest of the time
                            measured on the node ("other on node") and the transport on top
+    ttft_cdf.png           the same CDF for `ttft_ms` (time to first token), when invocations carry it
+    and figures.py's: a metric against a swept parameter, or per mode as bars
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from tbproto.jsontypes import Json, JsonObject
 
-from testbed.scenario.output import results, stats
+from testbed.scenario.output import figures, results, stats
 from testbed.scenario.output.results import RecordData, unit_key
 
 DPI = 110
@@ -249,6 +251,10 @@ def render(records: Sequence[JsonObject], modes: Sequence[str], workloads: Seque
         made.append("memory_instances.png")
     if startup_breakdown(data, modes, workloads, out_dir / "startup_breakdown.png"):
         made.append("startup_breakdown.png")
+    if latency_cdf(data, modes, workloads, out_dir / "ttft_cdf.png", "ttft_ms",
+                   "Time to first token (load + first token) CDF per mode", colours):
+        made.append("ttft_cdf.png")
+    made += figures.render(records, modes, out_dir, colours, save, set_sweep_axis)
     return made
 
 
