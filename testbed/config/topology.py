@@ -35,6 +35,7 @@ FIRST_HOST = 10  # node i gets the network address + FIRST_HOST + i
 QEMU_OVERHEAD = 384 * MiB
 MAX_MHDS_PER_NODE = 4
 MAX_NODES = 16
+MAX_DISK_MBPS = 100_000  # MB/s: beyond any disk
 # Extra QEMU arguments and kernel command-line text end up in libvirt XML and argv: bounded,
 # printable, one line (a newline would split a libvirt <cmdline> into something else).
 MAX_QEMU_ARGS = 64
@@ -81,6 +82,7 @@ class NodeSpec:
     memory: Size = Size(1 * GiB)
     qemu_args: tuple[str, ...] = ()
     debug: Debug | None = None
+    disk_read_mbps: int | None = None  # QEMU throttles the root disk's reads (MB/s): a modelled SSD
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class NodeGroup:
     memory: Size = Size(1 * GiB)
     qemu_args: tuple[str, ...] = ()
     debug: Debug | None = None
+    disk_read_mbps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,10 @@ class NodeConfig:
     address: str  # on the isolated network, with prefix length
     qemu_args: tuple[str, ...] = ()  # passed through verbatim, after the testbed's own
     debug: Debug | None = None
+    # The guest's disk is a file the host serves from its page cache: at memory speed, not a
+    # disk's. A read limit (QEMU's throttling, libvirt <iotune>) models a disk; reads the guest's
+    # own page cache serves are not throttled.
+    disk_read_mbps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -213,7 +220,8 @@ def _nodes(doc: Document, raw: Yaml) -> list[tuple[NodeSpec, KeyPath]]:
             raise doc.error((*kp, "count"), f"must be between 1 and {MAX_NODES}, got {group.count}")
         if not NODE_RE.match(group.prefix):
             raise doc.error((*kp, "prefix"), f"unsafe name {group.prefix!r}: use [a-z][a-z0-9-]*")
-        spec = [(NodeSpec(f"{group.prefix}{i}", group.vcpus, group.memory, group.qemu_args, group.debug), kp)
+        spec = [(NodeSpec(f"{group.prefix}{i}", group.vcpus, group.memory, group.qemu_args, group.debug,
+                          group.disk_read_mbps), kp)
                 for i in range(group.count)]
         return spec
     if isinstance(raw, list):
@@ -322,8 +330,10 @@ def parse(doc: Document, host: HostFacts | None = None) -> Topology:
         if FIRST_HOST + i >= net.num_addresses - 1:  # the last address is the broadcast
             raise doc.error(("network", "subnet"), f"too small for {i + 1} nodes")
         _qemu_args(doc, (*kp, "qemu_args"), spec.qemu_args)
+        if spec.disk_read_mbps is not None and not 1 <= spec.disk_read_mbps <= MAX_DISK_MBPS:
+            raise doc.error((*kp, "disk_read_mbps"), f"must be between 1 and {MAX_DISK_MBPS}, got {spec.disk_read_mbps}")
         nodes.append(NodeConfig(spec.name, i, spec.vcpus, int(spec.memory), f"{net.network_address + FIRST_HOST + i}/{net.prefixlen}",
-                                spec.qemu_args, spec.debug))
+                                spec.qemu_args, spec.debug, spec.disk_read_mbps))
 
     mhds: list[Mhd] = []
     mhd_names: set[str] = set()

@@ -97,6 +97,7 @@ def domain_xml(topo: Topology, node: NodeConfig, *, accel: Accel, kernel: Kernel
         testbed=topo.name,
         node=node,
         memory_mib=node.memory >> 20,
+        read_bytes_sec=node.disk_read_mbps * 1_000_000 if node.disk_read_mbps else None,
         maxmem_mib=max(maxmem, 2 * node.memory) >> 20,
         kernel=kernel,
         cmdline=cmdline(topo),
