@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tbagent.functions.llm import BOS, PRESETS, Config
-from tbagent.kv import layout
+from tbagent.functions.llm import BOS, PRESETS, Config, Model, encode, tensors
+from tbagent.kv import layout, serving
 from tbagent.kv.layout import Geometry, State
 from tbagent.kv.pool import KVPool, PoolError, format_arena, record_name
 from tbagent.store import Store
@@ -244,3 +244,31 @@ def test_a_full_arena_reuses_its_least_recently_used_slot(device: str) -> None:
         block = p1.get(c)
         assert block is not None
         np.testing.assert_array_equal(block.k, block_data(c, p0.geo)[0])
+
+
+def test_prefill_with_reuse_gives_the_tokens_of_one_without(device: str) -> None:
+    formatted(device, slots=32)
+    model = Model(CFG, tensors(CFG))
+    prompt = encode("the cat sat on the mat, the dog")  # 32 tokens: 8 blocks
+    ref = model.generate(prompt, 6)
+    with Store(device, 0) as s0, Store(device, 1) as s1, KVPool(s0) as p0, KVPool(s1) as p1:
+        pf = serving.prefill(model, prompt, BT, p0)
+        assert (pf.first, pf.blocks_hit, pf.blocks_put, pf.tokens_computed) == (ref[0], 0, 8, len(prompt))
+        # decode on the other head, from the blocks in place
+        assert serving.decode(model, [*prompt, pf.first], pf.keys, 5, p1) == ref[1:]
+        # a prompt sharing 3 blocks: those are reused, the rest computed
+        prompt2 = [*prompt[:3 * BT], *encode("a fox ran")[1:]]
+        ref2 = model.generate(prompt2, 4)
+        pf2 = serving.prefill(model, prompt2, BT, p1)
+        assert (pf2.first, pf2.blocks_hit, pf2.tokens_computed) == (ref2[0], 3, len(prompt2) - 3 * BT)
+        assert pf2.past_bytes_copied == 2 * 3 * p1.geo.part_bytes
+        assert serving.decode(model, [*prompt2, pf2.first], pf2.keys, 3, p0) == ref2[1:]
+        # one block is used in place: the past is a view of the shared mapping
+        prompt3 = [*prompt[:BT], *encode("xyz")[1:]]
+        pf3 = serving.prefill(model, prompt3, BT, p1)
+        assert pf3.blocks_hit == 1 and pf3.past_bytes_copied == 0
+        assert np.shares_memory(pf3.cache.past_k, p1.bytes)
+        assert pf3.first == model.generate(prompt3, 1)[0]
+        # a whole prompt in the pool still computes its last token (its logits give the first)
+        pf4 = serving.prefill(model, prompt, BT, p1)
+        assert (pf4.first, pf4.blocks_hit, pf4.tokens_computed) == (ref[0], 7, BT)
