@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import multiprocessing
 import struct
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from tbagent import cli as tbagent_cli
 from tbagent.functions.llm import BOS, PRESETS, Config, Model, encode, tensors
 from tbagent.kv import layout, serving
 from tbagent.kv.layout import Geometry, State
@@ -272,3 +275,29 @@ def test_prefill_with_reuse_gives_the_tokens_of_one_without(device: str) -> None
         # a whole prompt in the pool still computes its last token (its logits give the first)
         pf4 = serving.prefill(model, prompt, BT, p1)
         assert (pf4.first, pf4.blocks_hit, pf4.tokens_computed) == (ref[0], 7, BT)
+
+
+def test_cli_json(device: str, capsys: pytest.CaptureFixture[str]) -> None:
+    def run(*argv: str) -> Any:
+        assert tbagent_cli.main(["kv", *argv, "--head", argv_head[0]]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    argv_head = ["0"]
+    made = run("format", device, "--preset", "tiny", "--block-tokens", str(BT), "--slots", "16")
+    assert made["name"] == "kvpool/0" and made["meta"]["slots"] == 16
+    argv_head[0] = "1"
+    run("format", device, "--preset", "tiny", "--block-tokens", str(BT), "--slots", "16")
+    put = run("put", device, "--prompt", "hello, world")  # 13 tokens: 3 blocks
+    assert (put["blocks"], put["blocks_hit"], put["blocks_put"]) == (3, 0, 3)
+    argv_head[0] = "0"
+    assert run("match", device, "--prompt", "hello, there")["hit"] == 2  # "<BOS>hel" "lo, " are shared
+    got = run("get", device, put["keys"][2])
+    assert got["found"] and got["head"] == 1 and got["bytes"] == 2 * Geometry(CFG, BT, 1).part_bytes
+    assert run("exists", device, put["keys"][0], "00" * 16) == {put["keys"][0]: True, "00" * 16: False}
+    stats = run("stats", device)
+    assert stats["blocks"] == 3 and stats["heads"]["1"]["blocks"] == 3 and stats["heads"]["0"]["hits"] == 2
+    assert run("evict", device, "--capacity", "0")["evicted"] == []  # head 0 owns none of them
+    argv_head[0] = "1"
+    assert len(run("evict", device, "--capacity", "1")["evicted"]) == 2
+    assert tbagent_cli.main(["kv", "get", device, "zz", "--head", "0"]) != 0
+    assert "not hex" in capsys.readouterr().err

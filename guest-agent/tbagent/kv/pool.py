@@ -21,6 +21,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +31,9 @@ from tbagent.functions.llm import Config
 from tbagent.kv import layout
 from tbagent.kv.layout import HDR_SIZE, STATE_OFFSET, USE, USE_SIZE, Geometry, Header, State
 from tbagent.store import Record, Store, StoreError
+
+if TYPE_CHECKING:
+    from tbproto.jsontypes import JsonObject
 
 F32 = npt.NDArray[np.float32]
 PREFIX = "kvpool/"
@@ -87,7 +91,7 @@ class KVPool:
         self.store = store
         self.head = store.head
         self.clock = clock
-        self.problems: list[dict[str, object]] = []
+        self.problems: list[JsonObject] = []
         self._thread_lock = threading.Lock()
         fd = os.open(store.path, os.O_RDONLY)
         try:
@@ -139,7 +143,7 @@ class KVPool:
     def refresh(self) -> None:
         """Re-read which arenas exist (a head may have formatted its arena since)."""
         arenas: dict[int, Arena] = {}
-        self.arena_problems: list[dict[str, object]] = []
+        self.arena_problems: list[JsonObject] = []
         for rec in self._records():
             why = self._arena_problem(rec)
             if isinstance(why, str):
@@ -393,9 +397,9 @@ class KVPool:
             h, m = h + hits, m + misses
             self._write(arena.off, layout.STATS.pack(h, m, layout.stats_crc(h, m)))
 
-    def stats(self) -> dict[str, object]:
+    def stats(self) -> JsonObject:
         idx = self.index()
-        heads: dict[str, object] = {}
+        heads: JsonObject = {}
         for head, arena in sorted(self.arenas.items()):
             blocks = sum(1 for copies in idx.values() for e in copies if e.head == head)
             counts = self._read_stats(arena)
