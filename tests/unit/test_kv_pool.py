@@ -22,6 +22,7 @@ from tbagent.kv.pool import KVPool, PoolError, format_arena, record_name
 from tbagent.store import Store
 
 from tests.unit.llmdevice import cache_lib_fixture, device_fixture  # noqa: F401  (fixtures)
+from tests.unit.noncoherent import Fabric
 
 CFG = PRESETS["tiny"]
 BT = 4
@@ -301,3 +302,31 @@ def test_cli_json(device: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert len(run("evict", device, "--capacity", "1")["evicted"]) == 2
     assert tbagent_cli.main(["kv", "get", device, "zz", "--head", "0"]) != 0
     assert "not hex" in capsys.readouterr().err
+
+
+def test_protocol_holds_on_non_coherent_memory(device: str) -> None:
+    """Each head's writes stay in its own cache until flushed (tests/unit/noncoherent.py): a
+    missing flush leaves the other head's read of memory without the data, and a flag published
+    with anything unflushed raises Violation."""
+    fab = Fabric()
+    keys = layout.block_keys(list(range(4 * BT)), BT)
+    with Store(device, 0, attach=fab.attach) as s0, Store(device, 1, attach=fab.attach) as s1:
+        format_arena(s0, CFG, BT, SLOTS)
+        format_arena(s1, CFG, BT, SLOTS)
+        counter = itertools.count(1)
+        with KVPool(s0, clock=clock_from(counter)) as p0, KVPool(s1, clock=clock_from(counter)) as p1:
+            start = len(fab.events)
+            p0.put(keys[0], *block_data(keys[0], p0.geo))
+            hdr, data = _slot_offsets(p0, 0)
+            ops = [(op, off) for view, op, off, _ in fab.events[start:] if view == 0 and op in ("flush", "publish")]
+            assert ops[-1] == ("publish", hdr + layout.STATE_OFFSET)
+            assert ops[-2] == ("flush", hdr) and ("flush", data) in ops[:-2]
+            p1.put(keys[1], *block_data(keys[1], p1.geo))
+            assert p1.match(keys) == 2 and p0.match(keys) == 2
+            for key, pool in ((keys[0], p1), (keys[1], p0)):
+                block = pool.get(key)
+                assert block is not None
+                np.testing.assert_array_equal(block.k, block_data(key, pool.geo)[0])
+            # keys[1] was used last (by head 0), so head 0 frees its keys[0]
+            assert p0.evict(1) == [keys[0]]
+            assert p1.stats()["blocks"] == 1 and p1.match(keys) == 0
