@@ -330,3 +330,30 @@ def test_protocol_holds_on_non_coherent_memory(device: str) -> None:
             # keys[1] was used last (by head 0), so head 0 frees its keys[0]
             assert p0.evict(1) == [keys[0]]
             assert p1.stats()["blocks"] == 1 and p1.match(keys) == 0
+
+
+def test_a_block_evicted_while_read_is_a_miss_not_an_error(device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    formatted(device, slots=1)
+    a, b = layout.block_keys(list(range(2 * BT)), BT)
+    with Store(device, 0) as s0, Store(device, 1) as s1, KVPool(s0) as p0, KVPool(s1) as p1:
+        p0.put(a, *block_data(a, p0.geo))
+        stale = p1.index()  # what p1 saw just before head 0 reused the slot
+        p0.put(b, *block_data(b, p0.geo))  # the arena is full: a's slot now holds b
+        monkeypatch.setattr(p1, "index", lambda: stale)
+        assert p1.get(a) is None
+        assert {"head": 0, "slot": 0, "why": "evicted while being read"} in p1.problems
+
+
+def test_a_use_time_far_in_the_future_does_not_pin_a_block(device: str) -> None:
+    formatted(device)
+    a, b = layout.block_keys(list(range(2 * BT)), BT)
+    counter = itertools.count(1)
+    with Store(device, 0) as s0, Store(device, 1) as s1, \
+            KVPool(s0, clock=clock_from(counter)) as p0, KVPool(s1, clock=clock_from(counter)) as p1:
+        p0.put(a, *block_data(a, p0.geo))
+        p0.put(b, *block_data(b, p0.geo))
+        arena = p1.own  # head 1 claims a use of `a` an hour ahead
+        t = 3600 * 10**9
+        s1.mm[arena.off + arena.geo.use_off:arena.off + arena.geo.use_off + layout.USE.size] = \
+            layout.USE.pack(a, t, layout.use_crc(a, t))
+        assert p0.evict(1) == [a]

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 F32 = npt.NDArray[np.float32]
 PREFIX = "kvpool/"
+EVICTED = "evicted while being read"
+# A use time further ahead than this is a buggy (or hostile) head's: ignored, so it cannot pin blocks.
+FUTURE_SLACK_NS = 60 * 10**9
 PROBE = 8  # use-table entries tried per key before the oldest of them is replaced
 _ZERO = bytes(1 << 20)
 
@@ -254,14 +257,15 @@ class KVPool:
         for entry in copies:
             block = self._view(entry)
             if isinstance(block, str):
-                reasons.append(f"head {entry.head} slot {entry.slot}: {block}")
+                reasons.append(block)
                 self.problems.append({"head": entry.head, "slot": entry.slot, "why": block})
                 continue
             if self.head in self.arenas:
                 self.touch(key)
             return block
-        if reasons:
-            raise PoolError(f"block {key.hex()} refused: {'; '.join(reasons)}")
+        if any(r != EVICTED for r in reasons):
+            where = [f"head {e.head} slot {e.slot}: {r}" for e, r in zip(copies, reasons, strict=True)]
+            raise PoolError(f"block {key.hex()} refused: {'; '.join(where)}")
         return None
 
     def _view(self, entry: Entry) -> Block | str:
@@ -272,10 +276,11 @@ class KVPool:
         self._span(off, 2 * n)
         self.store.cache.invalidate(off, 2 * n)
         data = self.bytes[off:off + 2 * n]
-        if zlib.crc32(data.data) != entry.hdr.data_crc:
-            return "data checksum mismatch"
+        crc_ok = zlib.crc32(data.data) == entry.hdr.data_crc
         if not self.still_valid_entry(entry):
-            return "evicted while being read"
+            return EVICTED  # its owner reused the slot meanwhile: a miss, not damage
+        if not crc_ok:
+            return "data checksum mismatch"
         k = data[:n].view("<f4").reshape(geo.shape)
         v = data[n:].view("<f4").reshape(geo.shape)
         return Block(entry.hdr.key, entry.head, entry.slot, entry.hdr.seq, k, v)
@@ -356,9 +361,10 @@ class KVPool:
         """Each key's last use across every head: its puts and every head's use table."""
         idx = self.index() if idx is None else idx
         out = {key: max(e.hdr.seq for e in copies) for key, copies in idx.items()}
+        horizon = self.clock() + FUTURE_SLACK_NS
         for arena in self.arenas.values():
             for key, t in self._uses(arena).items():
-                if key in out and t > out[key]:
+                if key in out and out[key] < t <= horizon:
                     out[key] = t
         return out
 
