@@ -14,7 +14,7 @@ from tbagent.errors import code_of
 
 # Feature modules; each defines register(subparsers) and sets `fn` defaults on its parsers.
 FEATURES = ("tbagent.info", "tbagent.dax", "tbagent.store.cli", "tbagent.serve", "tbagent.sandbox", "tbagent.snap.cli",
-            "tbagent.llm.cli", "tbagent.llm.migrate")
+            "tbagent.llm.cli", "tbagent.llm.migrate", "tbagent.kv.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
