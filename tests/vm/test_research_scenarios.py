@@ -27,7 +27,6 @@ REDUCED = {
     "serverlessllm": ["setup.put-model.preset=ci", "workloads.load.sweep.instances=[1, 2]",
                       "workloads.load.arrival.count=3"],
     "serverlessllm-migration": ["workloads.migrate.sweep.context=[32, 128]", "workloads.migrate.arrival.count=2"],
-    "serverlessllm-placement": ["setup.put-m0.preset=ci", "setup.put-m1.preset=ci", "workloads.serve.arrival.count=8"],
 }
 
 
