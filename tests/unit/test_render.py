@@ -22,7 +22,7 @@ KERNEL = Kernel(KernelKind.DEBIAN, "6.12.95+deb12-amd64", Path("/cache/kernels/d
 EMULATOR = Path("/cache/qemu/patched-0123456789ab/bin/qemu-system-x86_64")
 CASES = [("two-node", "node0", Accel.TCG), ("two-node", "node1", Accel.KVM), ("four-node", "node2", Accel.TCG),
          ("two-node-mmio", "node0", Accel.TCG), ("two-node-debian-qemu", "node1", Accel.TCG),
-         ("dev-knobs", "node0", Accel.TCG), ("dev-knobs", "node1", Accel.TCG)]
+         ("dev-knobs", "node0", Accel.TCG), ("dev-knobs", "node1", Accel.TCG), ("two-node-ssd", "node0", Accel.TCG)]
 GDB_PORT = 41234  # what provision allocates for a node with `debug: gdb`
 
 

@@ -82,6 +82,8 @@ BAD = [
     ("missing name", BASE.replace("name: t\n", ""), 1, "", "missing required key 'name'"),
     ("nodes not a list", BASE.replace("nodes:\n  - name: a\n  - name: b\n", "nodes: lots\n"), 2, "nodes", "expected a count"),
     ("vcpus wrong type", BASE.replace("  - name: a\n", "  - name: a\n    vcpus: two\n"), 4, "nodes[0].vcpus", "expected an integer"),
+    ("disk throttle zero", BASE.replace("  - name: a\n", "  - name: a\n    disk_read_mbps: 0\n"), 4,
+     "nodes[0].disk_read_mbps", "must be between 1 and 100000, got 0"),
     ("invalid yaml", "name: [t\n", 2, "", "invalid YAML"),
     ("bad qemu", BASE + "qemu: mine\n", 9, "qemu", "one of patched, debian"),
     ("bad cxl path", BASE + "    path: fast\n", 9, "mhds[0].path", "one of direct, mmio"),
