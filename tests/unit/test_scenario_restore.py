@@ -581,3 +581,15 @@ def test_bad_input_is_one_line_and_exit_2(path: str, override: str, field: str, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"testbed: error: {f}:") and f": {field}: " in err, err
     assert "(value from --set)" in err or "in mode" in err
+
+
+def test_a_functions_digest_is_lifted_and_instances_compared() -> None:
+    same = [{"ok": True, "instance": i, "startup_ms": 1.0, "result": {"tokens": [3, 4], "digest": 1234}} for i in range(2)]
+    ok, error, res, _ = restore_kinds.run_result(same, 2)
+    assert ok and error is None and res["answer_digest"] == 1234 and res["answers_agree"] == 1
+    differ = [dict(same[0]), {**same[1], "result": {"tokens": [3, 5], "digest": 99}}]
+    _, _, res, _ = restore_kinds.run_result(differ, 2)
+    assert res["answer_digest"] == 1234 and res["answers_agree"] == 0
+    plain = [{"ok": True, "instance": 0, "startup_ms": 1.0, "result": {"greeting": "hello"}}]
+    _, _, res, _ = restore_kinds.run_result(plain, 1)
+    assert "answer_digest" not in res and "answers_agree" not in res  # no digest: nothing to compare

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.topology(str(REPO / "testbeds" / "two-node.yaml"))
 
 # scenario -> overrides that keep what its assertions name, with fewer invocations
 REDUCED = {
-    "coldstart": ["workloads.start.sweep.fn=[hello, heap]", "workloads.start.arrival.count=1"],
+    "coldstart": ["workloads.start.sweep.fn=[hello, heap, llm]", "workloads.start.arrival.count=1"],
     "dedup": ["workloads.hello.sweep.instances=[1]", "workloads.heap.sweep.instances=[4]"],
     "memory-density": ["workloads.density.sweep.instances=[32]"],
     "sandbox-reuse": ["workloads.start.sweep.fn=[hello]", "workloads.start.arrival.count=10"],

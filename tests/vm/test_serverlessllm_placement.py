@@ -31,7 +31,7 @@ def test_reduced_placement_assertions_hold(testbed: Testbed, tmp_path: Path) -> 
     # the modelled SSD was in force: libvirt's live domain throttles the root disk
     xml = subprocess.run(["virsh", "-c", "qemu:///system", "dumpxml", testbed.state.nodes["node0"].domain],
                          capture_output=True, text=True, check=True).stdout
-    assert "<read_bytes_sec>500000000</read_bytes_sec>" in xml
+    assert "<read_bytes_sec>100000000</read_bytes_sec>" in xml
     meta = json.loads((out / "meta.json").read_text())
     assert meta["testbed"]["brought_up_by_run"] is False
     routed = [json.loads(ln) for ln in (out / "raw.jsonl").read_text().splitlines()]
