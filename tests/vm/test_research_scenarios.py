@@ -24,8 +24,10 @@ REDUCED = {
     "memory-density": ["workloads.density.sweep.instances=[32]"],
     "sandbox-reuse": ["workloads.start.sweep.fn=[hello]", "workloads.start.arrival.count=10"],
     "trace-replay": ["workloads.bursty.arrival.limit=24"],
-    "serverlessllm": ["setup.put-model.preset=ci", "workloads.load.sweep.instances=[1, 2]",
-                      "workloads.load.arrival.count=3"],
+    "serverlessllm": ["setup.put-small.preset=ci", "workloads.load.sweep.model=[ci]",
+                      "workloads.load.sweep.instances=[1, 2]", "workloads.load-writer.sweep.model=[ci]",
+                      "workloads.load-writer.sweep.instances=[1]", "workloads.load.arrival.count=3",
+                      "workloads.load-writer.arrival.count=3"],
     "serverlessllm-migration": ["workloads.migrate.sweep.context=[32, 128]", "workloads.migrate.arrival.count=2"],
 }
 
