@@ -85,6 +85,15 @@ def _llm(name: str) -> Callable[[object], object]:
     return call
 
 
+def _kv(name: str) -> Callable[[object], object]:
+    def call(req: object) -> object:
+        from tbagent.kv import disagg
+
+        fn: Callable[..., object] = getattr(disagg, name)
+        return fn(**_given(req))
+    return call
+
+
 def catalog() -> JsonObject:
     return {"protocol": PROTOCOL, "functions": sorted(CATALOG)}
 
@@ -115,6 +124,9 @@ OPS: dict[str, Handler] = {
     "llm.migrate_out": Handler(proto.LlmMigrateOut, _llm("op_migrate_out")),
     "llm.migrate_in": Handler(proto.LlmMigrateIn, _llm("op_migrate_in")),
     "llm.migrate_status": Handler(proto.LlmMigrateStatus, _llm("op_migrate_status")),
+    "kv.format": Handler(proto.KvFormat, _kv("op_format")),
+    "kv.prefill": Handler(proto.KvPrefill, _kv("op_prefill")),
+    "kv.decode": Handler(proto.KvDecode, _kv("op_decode")),
 }
 assert set(OPS) == set(proto.OPS), "every tbproto op has a handler"  # a wiring bug, caught at import
 assert sorted(CATALOG) == list(proto_catalog.names()), "the function registry is tbproto's catalogue"

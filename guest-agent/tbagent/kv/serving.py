@@ -12,7 +12,7 @@ in `past_bytes_copied`."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,7 +89,8 @@ def prefill(model: Model, tokens: Sequence[int], block_tokens: int, pool: KVPool
     return Prefill(first, keys, hit, put, len(tokens) - hit * block_tokens, copied, time.perf_counter() - t0, cache)
 
 
-def decode(model: Model, tokens: Sequence[int], keys: Sequence[bytes], n: int, pool: KVPool) -> list[int]:
+def decode(model: Model, tokens: Sequence[int], keys: Sequence[bytes], n: int, pool: KVPool,
+           on_token: Callable[[int, int], None] | None = None) -> list[int]:
     """n tokens after `tokens` (the prompt and its first token), continuing from the pool's blocks
     of keys (the prompt's, from prefill); positions the blocks do not hold are computed here."""
     if n < 1:
@@ -99,4 +100,4 @@ def decode(model: Model, tokens: Sequence[int], keys: Sequence[bytes], n: int, p
         raise PoolError("kv decode: the keys are not those of these tokens")
     usable = min(len(keys), (len(tokens) - 1) // bt)
     cache, hit, _ = _restore(model, pool, keys[:usable])
-    return model.generate(list(tokens[hit * bt:]), n, cache)
+    return model.generate(list(tokens[hit * bt:]), n, cache, on_token=on_token)
