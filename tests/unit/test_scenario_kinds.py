@@ -54,7 +54,7 @@ def target(agent: FakeAgent, log: list[str]) -> Target:
 
 
 def test_registry_lists_every_kind_by_its_name() -> None:
-    assert sorted(KINDS) == ["agent", "exec", "llm", "restore", "sandbox"]
+    assert sorted(KINDS) == ["agent", "exec", "kv", "llm", "restore", "sandbox"]
     assert all(k.name == name for name, k in KINDS.items())
 
 

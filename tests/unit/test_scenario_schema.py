@@ -72,7 +72,7 @@ def test_shipped_smoke_scenario_parses() -> None:
     (GOOD.replace("rate: 2, ", ""), (12, "workloads[0].arrival"), "pattern poisson needs 'rate'"),
     (GOOD.replace("{node: node1}", "{node: node7}"), (7, "modes.b.placement.node"), "unknown node 'node7'"),
     (GOOD.replace("kind: agent", "kind: nope"), (14, "workloads[1].kind"),
-     "unknown kind 'nope' (kinds: agent, exec, llm, restore, sandbox)"),
+     "unknown kind 'nope' (kinds: agent, exec, kv, llm, restore, sandbox)"),
     (GOOD.replace('"${mode}"', '"${sise}"'), (11, "workloads[0].argv[2]"), "unknown placeholder ${sise}"),
     (GOOD.replace("duration: 5s", "duration: 5 parsecs"), (12, "workloads[0].arrival.duration"), "expected a duration"),
     (GOOD.replace("clients: 2, count: 4", "clients: 2, count: 4, duration: 3"), (16, "workloads[1].arrival"),

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from testbed.config.yamlfile import read_regular
 from testbed.errors import ConfigError
+from testbed.scenario.spec import tokentrace
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,9 @@ def _row(name: str, lineno: int, line: str) -> list[str]:
         raise ConfigError(name, lineno, "", f"not a CSV row: {exc}") from None
 
 
+MOONCAKE_NAME = "r{}"  # a Mooncake request's event: r<index in the file>
+
+
 def load_trace(path: Path, limit: int = 16 << 20, *, seed: int = 0,
                max_events: int = MAX_TRACE_EVENTS) -> tuple[tuple[float, str], ...]:
     """A trace file as (seconds from the trace's zero, function) events in time order. The format
@@ -113,11 +117,17 @@ def load_trace(path: Path, limit: int = 16 << 20, *, seed: int = 0,
       time,function                                  the toolkit's own CSV (e.g. traces/bursty.csv)
       HashOwner,HashApp,HashFunction,Trigger,1,2,... Azure Functions 2019: invocations per minute
       app,func,end_timestamp,duration                Azure Functions 2021: one row per invocation
+      {"timestamp": ..., "hash_ids": [...], ...}     Mooncake (JSON lines): request i is an event
+                                                     named r<i> (MOONCAKE_NAME), i from 0 in file
+                                                     order; the `kv` workload kind reads its tokens
 
     Azure functions are named by the first 8 hex digits of their hash (aliases map them to
     snapshots). See azure2019 and azure2021 for how their times are made."""
     name = str(path)
     text = read_regular(path, limit, "trace file")
+    if text.lstrip().startswith("{"):
+        reqs = tokentrace.parse_mooncake(name, text, max_requests=max_events).requests
+        return tuple((r.arrival, MOONCAKE_NAME.format(i)) for i, r in enumerate(reqs))
     lines = [(i + 1, ln) for i, ln in enumerate(text.splitlines()) if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise ConfigError(name, None, "", "empty trace (expected a header `time,function` and rows)")
