@@ -1,5 +1,5 @@
 """The figures of figures.py, drawn from raw.jsonl files recorded by real ServerlessLLM runs on a
-two-node testbed under TCG (the reduced serverlessllm and serverlessllm-migration scenarios; the
+two-node testbed under TCG (the reduced serverlessllm, serverlessllm-migration and serverlessllm-placement scenarios; the
 migration run was the one whose kv-net hand-over failed to bind, so that mode has no figures)."""
 
 from __future__ import annotations
@@ -37,3 +37,15 @@ def test_a_migration_run_gets_downtime_against_context(tmp_path: Path) -> None:
     # what the figure shows: recomputing the cache grows with the context, the CXL hand-over does not
     tokens = {x: sorted(v)[len(v) // 2] for x, v in series["tokens"].items()}
     assert tokens[256.0] > 2 * tokens[64.0]
+
+
+def test_a_placement_run_gets_load_per_mode(tmp_path: Path) -> None:
+    records = results.read_raw(DATA / "placement-raw.jsonl")
+    modes = ["disk-locality", "disk-random", "cxl-locality", "cxl-random"]
+    made = plots.render(records, modes, ["serve"], tmp_path)
+    assert "load_modes.png" in made and "load_instances.png" not in made  # nothing swept
+    assert (tmp_path / "load_modes.png").read_bytes()[:8] == PNG
+    # what the bars show (recorded on two-node-ssd): placement matters on disk, not in CXL
+    data = RecordData(records)
+    med = {m: sorted(data.values(m, "serve", "load_ms"))[4] for m in modes}  # 8 invocations each
+    assert med["disk-random"] > 1.3 * med["disk-locality"] and med["cxl-random"] < 1.3 * med["cxl-locality"]
