@@ -24,11 +24,13 @@ REDUCED = {
     "memory-density": ["workloads.density.sweep.instances=[32]"],
     "sandbox-reuse": ["workloads.start.sweep.fn=[hello]", "workloads.start.arrival.count=10"],
     "trace-replay": ["workloads.bursty.arrival.limit=24"],
-    "serverlessllm": ["setup.put-small.preset=ci", "workloads.load.sweep.model=[ci]",
-                      "workloads.load.sweep.instances=[1, 2]", "workloads.load-writer.sweep.model=[ci]",
-                      "workloads.load-writer.sweep.instances=[1]", "workloads.load.arrival.count=3",
-                      "workloads.load-writer.arrival.count=3"],
+    "serverlessllm": ["setup.put-ci.preset=tiny", "workloads.load.sweep.model=[small]",
+                      "workloads.load.sweep.instances=[1, 2]", "workloads.load-writer.sweep.model=[small]",
+                      "workloads.load-writer.sweep.instances=[1]"],
     "serverlessllm-migration": ["workloads.migrate.sweep.context=[32, 128]", "workloads.migrate.arrival.count=2"],
+    # on this module's two nodes: node0 prefills, node1 decodes
+    "mooncake": ["workloads.serve.prefill=[node0]", "workloads.serve.decode=[node1]", "setup.arenas.nodes=[node0, node1]",
+                 "workloads.serve.arrival.limit=9"],
 }
 
 
