@@ -6,6 +6,8 @@ scenario that measures something else gets none of them. The ServerlessLLM scena
     load_instances.png      median load_ms against instances started at once, per mode
     downtime_context.png    median downtime_ms of a live migration against context length
     load_modes.png          median load_ms per mode (placement: locality against random)
+    hit_rate_time.png       the KV pool's cumulative hit rate (blocks reused / blocks needed) over
+                            the run, per mode, from invocations that carry blocks_hit and blocks
 """
 
 from __future__ import annotations
@@ -125,9 +127,41 @@ def bar_figure(data: RecordData, modes: Sequence[str], fig_spec: BarFigure, out:
     return True
 
 
+def hit_rate_figure(data: RecordData, modes: Sequence[str], out: Path, colours: Mapping[str, str],
+                    save: Callable[[Figure, Path], None]) -> bool:
+    per_mode: dict[str, list[tuple[float, float, float]]] = defaultdict(list)  # (start, hit, blocks)
+    for r in data.all_invocations():
+        m = r.get("metrics") or {}
+        start, hit, blocks = _number(r.get("start_s")), _number(m.get("blocks_hit")), _number(m.get("blocks"))
+        if r.get("ok") and not r.get("warmup") and start is not None and hit is not None and blocks:
+            per_mode[str(r["mode"])].append((start, hit, blocks))
+    if not per_mode:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for mode in [m for m in modes if m in per_mode]:
+        pts = sorted(per_mode[mode])
+        hits, needed, xs, ys = 0.0, 0.0, [], []
+        for start, hit, blocks in pts:
+            hits, needed = hits + hit, needed + blocks
+            xs.append(start)
+            ys.append(hits / needed)
+        ax.step(xs, ys, where="post", label=f"{mode} ({hits:.0f}/{needed:.0f})", color=colours.get(mode))
+    ax.set_xlabel("request start (s from the unit's start)")
+    ax.set_ylabel("cumulative hit rate (blocks reused / needed)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("KV pool hit rate over the run")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save(fig, out / "hit_rate_time.png")
+    return True
+
+
 def render(records: Sequence[JsonObject], modes: Sequence[str], out: Path, colours: Mapping[str, str],
            save: Callable[[Figure, Path], None], axis: Callable[[Axes, Sequence[float]], None]) -> list[str]:
     data = RecordData(records)
     made = [f.file for f in SWEEPS if sweep_figure(data, modes, f, out, colours, save, axis)]
     made += [f.file for f in BARS if bar_figure(data, modes, f, out, colours, save)]
+    if hit_rate_figure(data, modes, out, colours, save):
+        made.append("hit_rate_time.png")
     return made
