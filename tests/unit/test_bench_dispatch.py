@@ -65,12 +65,12 @@ def _loop(p50: float, late: float | None) -> dispatch.LoopFigures:
 
 
 def test_combine_takes_medians_over_runs_and_the_table_shows_them() -> None:
-    runs = [dispatch.RunFigures(4, {"open": _loop(p, 0.5 * p), "closed": _loop(p, None)}, w, 1, 8)
+    runs = [dispatch.RunFigures(4, {"open": _loop(p, 0.5 * p), "closed": _loop(p, None)}, w, 1, 8, w - 0.5)
             for p, w in ((1.0, 3.0), (9.0, 1.0), (2.0, 2.0))]
     c = dispatch.combine(runs)
     assert c["open"]["dispatch_p50"] == 2.0 and c["open"]["dispatch_p99"] == 4.0
     assert c["open"]["lateness_p50"] == 1.0 and c["closed"]["lateness_p50"] is None
-    assert c[""]["wall_s"] == 2.0
+    assert c[""]["wall_s"] == 2.0 and c[""]["units_s"] == 1.5
     text = dispatch.table([(4, c)])
-    assert "| 4 | open | 10 | 100 | 2.000 | 4.000 | 1.000 | 1.000 | 5 | 1.00 | 2.00 |" in text
-    assert "| 4 | closed | 10 | 100 | 2.000 | 4.000 | - | - | 5 | 1.00 | 2.00 |" in text
+    assert "| 4 | open | 10 | 100 | 2.000 | 4.000 | 1.000 | 1.000 | 5 | 1.00 | 1.50 | 2.00 |" in text
+    assert "| 4 | closed | 10 | 100 | 2.000 | 4.000 | - | - | 5 | 1.00 | 1.50 | 2.00 |" in text
