@@ -74,3 +74,11 @@ def test_combine_takes_medians_over_runs_and_the_table_shows_them() -> None:
     text = dispatch.table([(4, c)])
     assert "| 4 | open | 10 | 100 | 2.000 | 4.000 | 1.000 | 1.000 | 5 | 1.00 | 1.50 | 2.00 |" in text
     assert "| 4 | closed | 10 | 100 | 2.000 | 4.000 | - | - | 5 | 1.00 | 1.50 | 2.00 |" in text
+
+
+def test_the_session_ping_has_its_own_delay(tmp_path: Path) -> None:
+    # A session ping that takes 50 ms: each closed-loop client waits for its own before its
+    # first call, so the unit lasts at least that long even with a 20 ms loop.
+    slow = dispatch.Load(0.0, 1000.0, 0.02, 2, session_delay_s=0.05)
+    r = dispatch.run_once(2, slow, tmp_path)
+    assert r.session_pings >= 2 and r.loops["closed"].unit_wall_s >= 0.05
