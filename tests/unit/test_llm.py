@@ -287,3 +287,13 @@ def test_the_environment_is_checked(load: Loader) -> None:
         load(LLM_PRESET="huge")
     with pytest.raises(ValueError, match="dtype must be one of"):
         load(LLM_DTYPE="int8")
+
+
+def test_the_serverlessllm_scenarios_golden_answer() -> None:
+    """scenarios/serverlessllm.yaml asserts every node and loader answers these tokens (the VM
+    guests computed the same under TCG): the host's model must agree."""
+    import zlib
+
+    cfg = llm.Config.from_json({**llm.PRESETS["small"].to_json(), "seed": 0, "dtype": "float32"})
+    out = llm.Model(cfg, llm.tensors(cfg)).generate(llm.encode("Hi, CXL"), 4)
+    assert out == [240, 72, 190, 256] and zlib.crc32(b"240,72,190,256") == 3432867117
