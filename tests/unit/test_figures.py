@@ -49,3 +49,14 @@ def test_a_placement_run_gets_load_per_mode(tmp_path: Path) -> None:
     data = RecordData(records)
     med = {m: sorted(data.values(m, "serve", "load_ms"))[4] for m in modes}  # 8 invocations each
     assert med["disk-random"] > 1.3 * med["disk-locality"] and med["cxl-random"] < 1.3 * med["cxl-locality"]
+
+
+def test_a_mooncake_run_gets_hit_rate_over_time(tmp_path: Path) -> None:
+    """Recorded from the reduced mooncake scenario on two nodes (9 requests a design)."""
+    records = results.read_raw(DATA / "mooncake-raw.jsonl")
+    made = plots.render(records, ["colocated", "kv-net", "kv-cxl"], ["serve"], tmp_path)
+    assert "hit_rate_time.png" in made and "ttft_cdf.png" in made
+    data = RecordData(records)
+    hits = sum(data.values("kv-cxl", "serve", "blocks_hit")) / sum(data.values("kv-cxl", "serve", "blocks"))
+    assert 0.3 < hits < 0.85  # later turns reuse their conversation's blocks; the first turns cannot
+    assert sum(data.values("colocated", "serve", "blocks_hit")) == 0
