@@ -60,3 +60,13 @@ def test_a_mooncake_run_gets_hit_rate_over_time(tmp_path: Path) -> None:
     hits = sum(data.values("kv-cxl", "serve", "blocks_hit")) / sum(data.values("kv-cxl", "serve", "blocks"))
     assert 0.3 < hits < 0.85  # later turns reuse their conversation's blocks; the first turns cannot
     assert sum(data.values("colocated", "serve", "blocks_hit")) == 0
+
+
+def test_a_second_sweep_splits_a_modes_line() -> None:
+    """The full serverlessllm run sweeps model and instances: one line per mode and model."""
+    series = figures.sweep_series(RecordData(results.read_raw(DATA / "load-full-raw.jsonl")), "load_ms", "instances")
+    assert set(series) == {f"{m} · model={s}" for m in ("disk", "cxl-copy", "cxl-map") for s in ("ci", "small")}
+    assert set(series["cxl-map · model=small"]) == {1.0, 2.0, 4.0}
+    assert len(series["cxl-map · model=small"][1.0]) == 4  # 2 invocations on each of the two heads
+    disk, mapped = series["disk · model=small"], series["cxl-map · model=small"]
+    assert sorted(mapped[1.0])[2] < 0.5 * sorted(disk[1.0])[2]  # what the figure shows

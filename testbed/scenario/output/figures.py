@@ -65,13 +65,25 @@ def _err(values: Sequence[float], centre: float) -> tuple[float, float]:
 
 
 def sweep_series(data: RecordData, metric: str, param: str) -> dict[str, dict[float, list[float]]]:
-    """mode -> x -> the metric's values of the invocations that succeeded."""
-    series: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    """series -> x -> the metric's values of the invocations that succeeded. A series is a mode,
+    and within it each value of any other parameter that varies in that mode (a second sweep,
+    e.g. the model size): "cxl-map · model=small". A parameter with one value in a mode (the
+    mode's own) does not split it."""
+    rows = []
+    values: dict[tuple[str, str], set[str]] = defaultdict(set)
     for r in data.all_invocations():
-        x = _number((r.get("params") or {}).get(param))
+        params = r.get("params") or {}
+        x = _number(params.get(param))
         y = _number((r.get("metrics") or {}).get(metric))
         if r.get("ok") and not r.get("warmup") and x is not None and y is not None:
-            series[str(r["mode"])][x].append(y)
+            mode = str(r["mode"])
+            rows.append((mode, params, x, y))
+            for k, v in params.items():
+                values[(mode, k)].add(str(v))
+    series: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for mode, params, x, y in rows:
+        split = [f"{k}={params[k]}" for k in sorted(params) if k != param and len(values[(mode, k)]) > 1]
+        series[" · ".join([mode, *split])][x].append(y)
     return series
 
 
@@ -82,13 +94,16 @@ def sweep_figure(data: RecordData, modes: Sequence[str], fig_spec: SweepFigure, 
     if not any(len(pts) > 1 for pts in series.values()):
         return False  # not swept: nothing to draw a line through
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for mode in [m for m in modes if m in series]:
-        pts = sorted(series[mode].items())
-        xs = [x for x, _ in pts]
-        meds = [stats.percentile(ys, 50) for _, ys in pts]
-        errs = [_err(ys, m) for (_, ys), m in zip(pts, meds, strict=True)]
-        ax.errorbar(xs, meds, yerr=[[e[0] for e in errs], [e[1] for e in errs]], capsize=3, marker="o",
-                    label=mode, color=colours.get(mode))
+    markers, styles = "osD^v", ("-", "--", ":", "-.")
+    for mode in modes:
+        for i, label in enumerate(sorted(s for s in series if s == mode or s.startswith(f"{mode} · "))):
+            pts = sorted(series[label].items())
+            xs = [x for x, _ in pts]
+            meds = [stats.percentile(ys, 50) for _, ys in pts]
+            errs = [_err(ys, m) for (_, ys), m in zip(pts, meds, strict=True)]
+            ax.errorbar(xs, meds, yerr=[[e[0] for e in errs], [e[1] for e in errs]], capsize=3,
+                        marker=markers[i % len(markers)], linestyle=styles[i % len(styles)], label=label,
+                        color=colours.get(mode))
     axis(ax, [x for pts in series.values() for x in pts])
     if fig_spec.log_y:
         ax.set_yscale("log")
