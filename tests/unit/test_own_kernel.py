@@ -40,7 +40,7 @@ def test_kernel_path_relative_to_the_topology_file(tmp_path: Path) -> None:
     topo = load(tmp_path / "t.yaml", HOST)
     assert topo.kernel is KernelKind.CUSTOM
     assert topo.kernel_path == str(tmp_path / "k" / "bzImage") and topo.modules == str(tmp_path / "mods")
-    assert render.cmdline(topo).endswith("mitigations=off nokaslr")
+    assert render.cmdline(topo).endswith("mitigations=off no_timer_check nokaslr")
 
 
 def test_modules_dir_needs_lib_modules(tmp_path: Path) -> None:
