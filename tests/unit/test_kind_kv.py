@@ -143,3 +143,27 @@ def test_spec_errors(tmp_path: Path, change: str, field: str, message: str) -> N
 
 def test_the_preset_shapes_agree_with_the_model() -> None:
     assert PRESET_SHAPES == {name: (c.layers, c.dim) for name, c in PRESETS.items()}
+
+
+def test_the_policy_can_come_from_a_mode(kind: KvKind, tmp_path: Path) -> None:
+    text = (SCN.replace("    prefill: [node0]\n", "    prefill: [node0, node1]\n")
+            .replace("    decode: [node1]\n", "    decode: [node1]\n    policy: \"${policy}\"\n")
+            .replace("  colocated: {params: {design: colocated}}\n", "  rr: {params: {design: kv-cxl, policy: round-robin}}\n")
+            .replace("  kv-net: {params: {design: kv-net}}\n", "")
+            .replace("  kv-cxl: {params: {design: kv-cxl}}\n", "  aware: {params: {design: kv-cxl, policy: cache-aware}}\n"))
+    scn = schema.load(write(tmp_path, text))
+    spec, fmt = scn.workloads[0].spec, scn.setup[0].spec
+    assert isinstance(spec, KvSpec) and isinstance(fmt, KvSpec)
+    for node in ("node0", "node1"):
+        with kind.targets[node].agent(60) as agent:
+            assert kind.invoke(agent, fmt, {}, 60).ok
+    placed = []
+    for i in range(4):
+        values = {"design": "kv-cxl", "policy": "round-robin", "function": f"r{i}", "mode": "rr", "workload": "serve", "rep": 0}
+        out = kind.invoke(None, spec, values, 60)  # type: ignore[arg-type]
+        assert out.ok and out.result is not None, out.error
+        placed.append(out.result["prefill_node"])
+    assert placed == ["node0", "node1", "node0", "node1"]  # round-robin rotates whatever is cached
+    bad = text.replace("policy: round-robin}", "policy: random}")
+    exc = error(tmp_path, bad)
+    assert "policy 'random' is not one of cache-aware, round-robin, cache-only" in exc.message, str(exc)

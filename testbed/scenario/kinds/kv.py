@@ -68,7 +68,7 @@ class KvSpec:
     token_seed: int = 0
     prefill: Json = None  # serve: the prefill nodes (colocated: every node of prefill and decode)
     decode: Json = None  # serve: the decode nodes
-    policy: str = "cache-aware"
+    policy: str = "cache-aware"  # cache-aware | round-robin | cache-only, or ${policy}
     slo_ttft_ms: float | None = None
     slo_tbt_ms: float | None = None
     prefill_ms_per_token: float = 50.0  # the Conductor's cost model, calibrated by the scenario
@@ -123,7 +123,7 @@ class KvKind(Kind[KvSpec, Exchanger]):
             return spec
         if spec.design is not None and "${" not in spec.design and spec.design not in DESIGNS:
             raise doc.error((*kp, "design"), f"expected one of {', '.join(DESIGNS)}, got {spec.design!r}")
-        if spec.policy not in POLICIES:
+        if "${" not in spec.policy and spec.policy not in POLICIES:
             raise doc.error((*kp, "policy"), f"expected one of {', '.join(POLICIES)}, got {spec.policy!r}")
         for key in ("prefill", "decode"):
             nodes = getattr(spec, key)
@@ -150,18 +150,24 @@ class KvKind(Kind[KvSpec, Exchanger]):
     def templates(self, spec: KvSpec) -> Iterator[tuple[KeyPath, str]]:
         if isinstance(spec.design, str):
             yield ("design",), spec.design
+        yield ("policy",), spec.policy
 
     def check(self, spec: KvSpec, values: Mapping[str, object]) -> Iterator[tuple[KeyPath, str]]:
         if spec.design is not None and "${" in spec.design:
             design = resolve(spec.design, values)
             if design is not None and design not in DESIGNS:
                 yield ("design",), f"design {design!r} is not one of {', '.join(DESIGNS)} (from {spec.design})"
+        if "${" in spec.policy:
+            policy = resolve(spec.policy, values)
+            if policy is not None and policy not in POLICIES:
+                yield ("policy",), f"policy {policy!r} is not one of {', '.join(POLICIES)} (from {spec.policy})"
 
     def session(self, target: Target, timeout: float) -> AbstractContextManager[Exchanger]:
         return agent_session(target, timeout)
 
     def _conductor(self, spec: KvSpec, design: str, values: Mapping[str, object]) -> cond.Conductor:
-        key = (values.get("mode"), values.get("workload"), values.get("rep"), design)
+        policy = substitute(spec.policy, values)
+        key = (values.get("mode"), values.get("workload"), values.get("rep"), design, policy)
         assert isinstance(spec.prefill, list) and isinstance(spec.decode, list)
         with self.lock:
             if key not in self.conductors:
@@ -173,7 +179,7 @@ class KvKind(Kind[KvSpec, Exchanger]):
                                    spec.net_mbps * 1e6 if spec.net_mbps else float("inf"))
                 slo = cond.Slo(spec.slo_ttft_ms / 1e3 if spec.slo_ttft_ms else None,
                                spec.slo_tbt_ms / 1e3 if spec.slo_tbt_ms else None)
-                self.conductors[key] = cond.Conductor(cond.Design(design), cond.Policy(spec.policy), costs,
+                self.conductors[key] = cond.Conductor(cond.Design(design), cond.Policy(policy), costs,
                                                       prefill=prefill, decode=decode, slo=slo)
             return self.conductors[key]
 
