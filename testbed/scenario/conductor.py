@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from testbed.scenario.spec.tokentrace import TokenTrace
+from testbed.scenario.spec.tokentrace import TokenTrace, TraceRequest
 
 POOL = "pool"  # the source of kv-cxl hits: the shared pool, not a node
 
@@ -99,10 +99,13 @@ class Job:
                              f"of {self.block_tokens} a block")
 
 
+def job_of(trace: TokenTrace, r: TraceRequest) -> Job:
+    """A request of the trace as a job, named by its line in the trace file."""
+    return Job(f"line{r.line}", r.hash_ids, r.input_length, r.output_length, trace.block_tokens)
+
+
 def jobs_of(trace: TokenTrace) -> tuple[Job, ...]:
-    """The trace's requests as jobs, named by their line in the trace file."""
-    return tuple(Job(f"line{r.line}", r.hash_ids, r.input_length, r.output_length, trace.block_tokens)
-                 for r in trace.requests)
+    return tuple(job_of(trace, r) for r in trace.requests)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import threading
 import time
-import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -39,6 +38,7 @@ from testbed.config.yamlfile import Document, KeyPath, Yaml, from_mapping
 from testbed.scenario import conductor as cond
 from testbed.scenario.kinds.base import Kind, Outcome, Target, agent_session, substitute
 from testbed.scenario.kinds.fields import Refused, call, parse_common, resolve
+from testbed.scenario.kinds.llm import crc_of
 from testbed.scenario.spec import arrivals, tokentrace
 from testbed.scenario.spec.fields import trace_path
 
@@ -88,10 +88,6 @@ KV_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 def block_bytes(preset: str, block_tokens: int) -> int:
     layers, dim = PRESET_SHAPES[preset]
     return 2 * layers * dim * 4 * block_tokens
-
-
-def crc_of(tokens: list[int]) -> int:
-    return zlib.crc32(",".join(map(str, tokens)).encode())
 
 
 class KvKind(Kind[KvSpec, Exchanger]):
@@ -215,7 +211,7 @@ class KvKind(Kind[KvSpec, Exchanger]):
     def _serve(self, spec: KvSpec, design: str, values: Mapping[str, object], trace: tokentrace.TokenTrace,
                req: tokentrace.TraceRequest, timeout: float) -> Outcome:
         conductor = self._conductor(spec, design, values)
-        job = cond.Job(f"line{req.line}", req.hash_ids, req.input_length, req.output_length, trace.block_tokens)
+        job = cond.job_of(trace, req)
         tokens = tokentrace.prompt_tokens(trace, req, spec.token_seed)
         decision = conductor.place(job)
         base: JsonObject = {"request": req.line, "prefill_node": decision.prefill, "decode_node": decision.decode,
@@ -254,7 +250,7 @@ class KvKind(Kind[KvSpec, Exchanger]):
             **base, "rejected": 0, "slo_ok": 1 if slo_ok else 0, "ttft_ms": ttft_ms, "prefill_ms": p.prefill_s * 1e3,
             "blocks": p.blocks, "blocks_hit": p.blocks_hit, "hit_rate": p.blocks_hit / p.blocks if p.blocks else 0.0,
             "prefill_saved": 1 - p.tokens_computed / len(tokens), "bytes_net": bytes_net,
-            "tokens": [p.first, *decoded], "tokens_crc": crc_of([p.first, *decoded])}
+            "tokens": [p.first, *decoded], "tokens_crc": crc_of((p.first, *decoded))}
         if tbt_ms is not None:
             result["tbt_ms"] = tbt_ms
         return Outcome(True, ms, None, None, result)

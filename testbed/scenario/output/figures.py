@@ -55,13 +55,6 @@ BARS = (BarFigure("load_modes.png", "load_ms", "load (ms, median, 95% CI)", "Che
 BAR_WHEN_NO_SWEEP = "instances"  # load_modes: only for runs that do not sweep instances (placement)
 
 
-def _number(v: object) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
-
-
-def _err(values: Sequence[float], centre: float) -> tuple[float, float]:
-    ci = stats.bootstrap_ci(values, 50)
-    return (0.0, 0.0) if ci is None else (max(0.0, centre - ci.low), max(0.0, ci.high - centre))
 
 
 def sweep_series(data: RecordData, metric: str, param: str) -> dict[str, dict[float, list[float]]]:
@@ -73,8 +66,8 @@ def sweep_series(data: RecordData, metric: str, param: str) -> dict[str, dict[fl
     values: dict[tuple[str, str], set[str]] = defaultdict(set)
     for r in data.all_invocations():
         params = r.get("params") or {}
-        x = _number(params.get(param))
-        y = _number((r.get("metrics") or {}).get(metric))
+        x = stats.number(params.get(param))
+        y = stats.number((r.get("metrics") or {}).get(metric))
         if r.get("ok") and not r.get("warmup") and x is not None and y is not None:
             mode = str(r["mode"])
             rows.append((mode, params, x, y))
@@ -100,7 +93,7 @@ def sweep_figure(data: RecordData, modes: Sequence[str], fig_spec: SweepFigure, 
             pts = sorted(series[label].items())
             xs = [x for x, _ in pts]
             meds = [stats.percentile(ys, 50) for _, ys in pts]
-            errs = [_err(ys, m) for (_, ys), m in zip(pts, meds, strict=True)]
+            errs = [stats.error_bar(ys, m) for (_, ys), m in zip(pts, meds, strict=True)]
             ax.errorbar(xs, meds, yerr=[[e[0] for e in errs], [e[1] for e in errs]], capsize=3,
                         marker=markers[i % len(markers)], linestyle=styles[i % len(styles)], label=label,
                         color=colours.get(mode))
@@ -123,14 +116,14 @@ def bar_figure(data: RecordData, modes: Sequence[str], fig_spec: BarFigure, out:
     for r in data.all_invocations():
         if (r.get("params") or {}).get(BAR_WHEN_NO_SWEEP) is not None:
             return False
-        y = _number((r.get("metrics") or {}).get(fig_spec.metric))
+        y = stats.number((r.get("metrics") or {}).get(fig_spec.metric))
         if r.get("ok") and not r.get("warmup") and y is not None:
             per_mode[str(r["mode"])].append(y)
     shown = [m for m in modes if per_mode.get(m)]
     if len(shown) < 2:
         return False
     meds = [stats.percentile(per_mode[m], 50) for m in shown]
-    errs = [_err(per_mode[m], c) for m, c in zip(shown, meds, strict=True)]
+    errs = [stats.error_bar(per_mode[m], c) for m, c in zip(shown, meds, strict=True)]
     fig, ax = plt.subplots(figsize=(1.4 * len(shown) + 2.4, 4.0))
     ax.bar(shown, meds, yerr=[[e[0] for e in errs], [e[1] for e in errs]], capsize=4,
            color=[colours.get(m) for m in shown])
@@ -147,7 +140,7 @@ def hit_rate_figure(data: RecordData, modes: Sequence[str], out: Path, colours: 
     per_mode: dict[str, list[tuple[float, float, float]]] = defaultdict(list)  # (start, hit, blocks)
     for r in data.all_invocations():
         m = r.get("metrics") or {}
-        start, hit, blocks = _number(r.get("start_s")), _number(m.get("blocks_hit")), _number(m.get("blocks"))
+        start, hit, blocks = stats.number(r.get("start_s")), stats.number(m.get("blocks_hit")), stats.number(m.get("blocks"))
         if r.get("ok") and not r.get("warmup") and start is not None and hit is not None and blocks:
             per_mode[str(r["mode"])].append((start, hit, blocks))
     if not per_mode:

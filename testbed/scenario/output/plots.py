@@ -92,14 +92,6 @@ def save(fig: Figure, out: Path) -> None:
     plt.close(fig)
 
 
-def _err(values: Sequence[float], centre: float) -> tuple[float, float]:
-    """(below, above) the centre for an error bar from the bootstrap interval of the median."""
-    ci = stats.bootstrap_ci(values, 50)
-    return (0.0, 0.0) if ci is None else (max(0.0, centre - ci.low), max(0.0, ci.high - centre))
-
-
-def _number(v: object) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
 def latency_cdf(data: RecordData, modes: Sequence[str], workloads: Sequence[str], out: Path,
@@ -138,12 +130,12 @@ def memory_instances(data: RecordData, modes: Sequence[str], out: Path, colours:
     series: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in data.all_invocations():
         m = r.get("metrics") or {}
-        x = _number(m.get("instances"))
+        x = stats.number(m.get("instances"))
         if x is None:
-            x = _number((r.get("params") or {}).get("instances"))
+            x = stats.number((r.get("params") or {}).get("instances"))
         if x is None or not r.get("ok"):
             continue
-        y = _number(m.get("memory_kb"))
+        y = stats.number(m.get("memory_kb"))
         if y is None:
             y = data.unit_memory.get(unit_key(r), (None, None))[0]
         if y is not None:
@@ -158,7 +150,7 @@ def memory_instances(data: RecordData, modes: Sequence[str], out: Path, colours:
         mode = label.split(" / ")[0]
         xs = [x for x, _ in pts]
         meds = [stats.percentile(ys, 50) for _, ys in pts]
-        errs = [_err(ys, m) for (_, ys), m in zip(pts, meds, strict=True)]
+        errs = [stats.error_bar(ys, m) for (_, ys), m in zip(pts, meds, strict=True)]
         ax.errorbar(xs, meds, yerr=[[e[0] for e in errs], [e[1] for e in errs]], capsize=3,
                     marker=markers[per_mode[mode] % len(markers)], label=label, color=colours.get(mode, OTHER))
         per_mode[mode] += 1
@@ -200,14 +192,14 @@ def startup_breakdown(data: RecordData, modes: Sequence[str], workloads: Sequenc
                     continue
                 total = 0.0
                 for k, v in phases.items():
-                    if (x := _number(v)) is not None:
+                    if (x := stats.number(v)) is not None:
                         per_phase[k].append(x)
                         total += x
-                orders[tuple(k for k, v in phases.items() if _number(v) is not None)] = None
+                orders[tuple(k for k, v in phases.items() if stats.number(v) is not None)] = None
                 m = r.get("metrics") or {}
-                if (fn := _number(m.get("function_ms"))) is not None:
+                if (fn := stats.number(m.get("function_ms"))) is not None:
                     per_phase["other on node"].append(max(0.0, fn - total))
-                if (tr := _number(m.get("transport_ms"))) is not None:
+                if (tr := stats.number(m.get("transport_ms"))) is not None:
                     per_phase["transport"].append(max(0.0, tr))  # clocks apart: never below 0
             if per_phase:
                 bars.append((f"{mode}\n{wl}", {k: stats.percentile(v, 50) for k, v in per_phase.items()}))
@@ -222,7 +214,7 @@ def startup_breakdown(data: RecordData, modes: Sequence[str], workloads: Sequenc
         heights = [b[1].get(phase, 0.0) for b in bars]
         ax.bar(range(len(bars)), heights, bottom=bottoms, label=phase, color=cmap(i % cmap.N))
         # each segment's median with its interval, drawn at the segment's top
-        errs = [_err(smp.get(phase, []), h) for smp, h in zip(samples, heights, strict=True)]
+        errs = [stats.error_bar(smp.get(phase, []), h) for smp, h in zip(samples, heights, strict=True)]
         tops = [a + h if phase in smp else math.nan for a, h, smp in zip(bottoms, heights, samples, strict=True)]
         ax.errorbar(range(len(bars)), tops,  # NaN: no such part in that bar, no error bar
                     yerr=[[e[0] for e in errs], [e[1] for e in errs]], fmt="none", ecolor="black", elinewidth=0.8, capsize=2)

@@ -14,6 +14,7 @@ and its bootstrap interval over invocations."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -147,3 +148,14 @@ def headline(values: Mapping[int, Sequence[float]]) -> dict[str, object]:
         ci = bootstrap_ci(pooled, _STAT_P[name])
         out[f"{name}_ci"] = None if ci is None else ci.as_list()
     return out
+
+
+def number(v: object) -> float | None:
+    """A JSON value as a finite float, or None (booleans are not numbers here)."""
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def error_bar(values: Sequence[float], centre: float) -> tuple[float, float]:
+    """(below, above) the centre for an error bar from the bootstrap interval of the median."""
+    ci = bootstrap_ci(values, 50)
+    return (0.0, 0.0) if ci is None else (max(0.0, centre - ci.low), max(0.0, ci.high - centre))
